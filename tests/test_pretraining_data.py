@@ -22,7 +22,12 @@ def make_corpus(num_docs: int, seed: int = 0) -> list[list[list[int]]]:
     docs = []
     for d in range(num_docs):
         lo = 100 + 40 * d
-        docs.append([[rng.randrange(lo, lo + 40) for _ in range(rng.randint(5, 30))] for _ in range(rng.randint(3, 25))])
+        docs.append(
+            [
+                [rng.randrange(lo, lo + 40) for _ in range(rng.randint(5, 30))]
+                for _ in range(rng.randint(3, 25))
+            ]
+        )
     return docs
 
 
@@ -31,7 +36,14 @@ def all_instances(docs, max_seq_length=64, short_seq_prob=0.1, dupes=1, seed=0):
     for dupe in range(dupes):
         for i in range(len(docs)):
             for inst in create_instances_from_document(
-                docs.__getitem__, len(docs), i, max_seq_length, short_seq_prob, document_rng(seed, dupe, i), CLS, SEP
+                docs.__getitem__,
+                len(docs),
+                i,
+                max_seq_length,
+                short_seq_prob,
+                document_rng(seed, dupe, i),
+                CLS,
+                SEP,
             ):
                 out.append((i, inst))
     return out
@@ -77,7 +89,9 @@ def test_nsp_is_next_b_follows_a_in_document():
 def test_nsp_labels_near_half():
     # Long documents of many segments, as in the recipe's intended input.
     rng = random.Random(1)
-    docs = [[[rng.randrange(100 + 40 * d, 140 + 40 * d) for _ in range(12)] for _ in range(60)] for d in range(60)]
+    docs = [
+        [[rng.randrange(100 + 40 * d, 140 + 40 * d) for _ in range(12)] for _ in range(60)] for d in range(60)
+    ]
     labels = np.array([inst.nsp_label for _, inst in all_instances(docs, max_seq_length=128, dupes=2)])
     frac_random = (labels == IS_RANDOM).mean()
     assert 0.45 < frac_random < 0.56, frac_random
@@ -157,7 +171,9 @@ def test_whole_word_masking_never_splits_words():
     for i in range(300):
         words = []
         for _ in range(40):
-            words.append([int(rng.integers(10, 1000))] + [int(x) for x in rng.integers(1000, 2000, rng.integers(0, 3))])
+            words.append(
+                [int(rng.integers(10, 1000))] + [int(x) for x in rng.integers(1000, 2000, rng.integers(0, 3))]
+            )
         ids = [CLS] + [t for w in words for t in w] + [SEP]
         batch = collator([{"input_ids": ids, "a_len": len(ids), "nsp_label": 0, "index": i}])
         labels = batch["mlm_labels"][0].numpy()
@@ -174,7 +190,14 @@ def test_whole_word_masking_never_splits_words():
 def test_collator_dynamic_across_epochs_and_reproducible():
     cfg = masking_cfg()
     collator = PretrainingCollator(cfg, seed=1)
-    feats = [{"input_ids": [CLS] + list(range(10, 60)) + [SEP] + list(range(60, 90)) + [SEP], "a_len": 52, "nsp_label": 1, "index": 7}]
+    feats = [
+        {
+            "input_ids": [CLS] + list(range(10, 60)) + [SEP] + list(range(60, 90)) + [SEP],
+            "a_len": 52,
+            "nsp_label": 1,
+            "index": 7,
+        }
+    ]
     e0 = collator(feats)
     again = collator(feats)
     collator.epoch = 1
@@ -186,9 +209,14 @@ def test_collator_dynamic_across_epochs_and_reproducible():
 
 
 def _loader(n=103, batch=8, seed=3):
-    data = [{"input_ids": [CLS, 10 + i, SEP, 11 + i, SEP], "a_len": 3, "nsp_label": 0, "index": i} for i in range(n)]
+    data = [
+        {"input_ids": [CLS, 10 + i, SEP, 11 + i, SEP], "a_len": 3, "nsp_label": 0, "index": i}
+        for i in range(n)
+    ]
     collator = PretrainingCollator(masking_cfg(), seed=seed)
-    return ResumableDataLoader(data, batch_size=batch, sampler=ResumableSampler(n, seed), collate_fn=collator, drop_last=True)
+    return ResumableDataLoader(
+        data, batch_size=batch, sampler=ResumableSampler(n, seed), collate_fn=collator, drop_last=True
+    )
 
 
 def _key(batch) -> tuple:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,15 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bertlab.data.labelled import ClassifyDataModule
+from bertlab.data.ner import NerDataModule
 from bertlab.data.pretrain import PretrainDataModule
 from bertlab.data.tokenizer import load_tokenizer, special_token_ids
 from bertlab.errors import BertlabError
-from bertlab.export.hf import export_pretraining
+from bertlab.export.hf import export_classifier, export_pretraining
+from bertlab.tasks.classify import ClassifyModule
+from bertlab.tasks.init_from import Pretrained, load_encoder_weights, load_pretrained
+from bertlab.tasks.ner import NerModule
 from bertlab.tasks.pretrain import PretrainModule
 
 log = logging.getLogger("bertlab")
@@ -33,6 +39,8 @@ MODEL_FIELDS = (
     "layer_norm_eps",
     "initializer_range",
 )
+# Which data config kind each task reads.
+TASK_DATA = {"pretrain": "pretrain", "classify": "labelled", "ner": "conll"}
 
 
 def _plain(cfg: Any) -> Any:
@@ -41,32 +49,46 @@ def _plain(cfg: Any) -> Any:
 
 def validate_config(cfg: DictConfig) -> None:
     """Checks that need no data: clear one-line errors before any work starts."""
-    max_pos = int(cfg.model.max_position_embeddings)
-    if int(cfg.data.max_seq_length) > max_pos:
+    task = cfg.task.name
+    if task not in TASK_DATA:
+        raise BertlabError(f"task={task} is not one of {', '.join(TASK_DATA)}")
+    kind = cfg.data.get("kind")
+    if kind != TASK_DATA[task]:
+        wanted = {"pretrain": "generated|text_files|hub", "labelled": "csv", "conll": "conll"}[TASK_DATA[task]]
+        raise BertlabError(f"task={task} reads data={wanted}, but the data config is of kind {kind!r}")
+    if cfg.model.get("init_from") is None:
+        max_pos = int(cfg.model.max_position_embeddings)
+        if int(cfg.data.max_seq_length) > max_pos:
+            raise BertlabError(
+                f"data.max_seq_length={cfg.data.max_seq_length} is more than the model's "
+                f"max_position_embeddings={max_pos} (model={cfg.model.name})"
+            )
+    if task != "pretrain" and not cfg.model.get("init_from") and not cfg.tokenizer.get("path"):
         raise BertlabError(
-            f"data.max_seq_length={cfg.data.max_seq_length} is more than the model's "
-            f"max_position_embeddings={max_pos} (model={cfg.model.name})"
+            f"task={task} needs a pretrained model (model.init_from=<run dir | .ckpt | HF dir>) "
+            "or, to start from random weights, a tokenizer (tokenizer.path=<dir>)"
         )
-    if cfg.task.name == "pretrain" and cfg.data.get("kind") != "pretrain":
-        raise BertlabError(f"task=pretrain needs a pretraining corpus (data=generated|text_files|hub), not data={cfg.data.get('kind')}")
 
 
-def build_datamodule(cfg: DictConfig) -> PretrainDataModule:
-    data = _plain(cfg.data)
-    data.pop("kind", None)
-    return PretrainDataModule(
-        **data,
-        tokenizer=_plain(cfg.tokenizer),
-        num_workers=int(cfg.hardware.num_workers),
-        pin_memory=bool(cfg.hardware.pin_memory),
-        cache_dir=str(cfg.paths.cache_dir),
-        seed=int(cfg.seed),
-    )
-
-
-def model_config(cfg: DictConfig, tokenizer_dir: Path) -> dict[str, Any]:
+def model_config(cfg: DictConfig, tokenizer_dir: Path, pretrained: Pretrained | None) -> dict[str, Any]:
+    """The encoder's shape: the pretrained model's when there is one, else ``cfg.model`` with the
+    tokenizer's vocabulary. Either way the vocabulary must match the tokenizer."""
     tokenizer = load_tokenizer(tokenizer_dir)
     vocab_size = tokenizer.get_vocab_size()
+    if pretrained is not None:
+        fields = dict(vars(pretrained.config))
+        if fields["vocab_size"] != vocab_size:
+            raise BertlabError(
+                f"the tokenizer in {tokenizer_dir} has {vocab_size} tokens but the model "
+                f"{pretrained.source} has a vocabulary of {fields['vocab_size']}"
+            )
+        max_len = int(cfg.data.max_seq_length)
+        if max_len > fields["max_position_embeddings"]:
+            raise BertlabError(
+                f"data.max_seq_length={max_len} is more than the pretrained model's "
+                f"max_position_embeddings={fields['max_position_embeddings']} ({pretrained.source})"
+            )
+        return fields
     wanted = cfg.model.get("vocab_size")
     if wanted is not None and int(wanted) != vocab_size:
         raise BertlabError(
@@ -83,6 +105,131 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
+@dataclass
+class Job:
+    datamodule: L.LightningDataModule
+    module: L.LightningModule
+    tokenizer_dir: Path
+
+
+def _data_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    data = _plain(cfg.data)
+    data.pop("kind", None)
+    return {
+        **data,
+        "num_workers": int(cfg.hardware.num_workers),
+        "pin_memory": bool(cfg.hardware.pin_memory),
+        "seed": int(cfg.seed),
+    }
+
+
+def _pretrained(cfg: DictConfig) -> Pretrained | None:
+    init_from = cfg.model.get("init_from")
+    return load_pretrained(init_from) if init_from else None
+
+
+def _tokenizer_for(cfg: DictConfig, pretrained: Pretrained | None) -> Path:
+    if cfg.tokenizer.get("path"):
+        return Path(cfg.tokenizer.path)
+    if pretrained is not None:
+        if pretrained.tokenizer_dir is None:
+            raise BertlabError(f"{pretrained.source}: no tokenizer (tokenizer.json or vocab.txt) beside the model")
+        return pretrained.tokenizer_dir
+    raise BertlabError("no tokenizer: set tokenizer.path or model.init_from")
+
+
+def build_pretrain(cfg: DictConfig) -> Job:
+    pretrained = _pretrained(cfg)
+    tokenizer = _plain(cfg.tokenizer)
+    if pretrained is not None and not tokenizer.get("path"):
+        tokenizer["path"] = str(_tokenizer_for(cfg, pretrained))
+    datamodule = PretrainDataModule(**_data_kwargs(cfg), tokenizer=tokenizer, cache_dir=str(cfg.paths.cache_dir))
+    tokenizer_dir = datamodule.prepare_tokenizer()
+    module = PretrainModule(
+        model_config=model_config(cfg, tokenizer_dir, pretrained),
+        optimizer=_plain(cfg.optimizer),
+        compile=bool(cfg.hardware.compile),
+    )
+    if pretrained is not None:
+        load_encoder_weights(module.model.encoder, pretrained)
+    datamodule.prepare_data()
+    log.info("data: %s", json.dumps(datamodule.stats()))
+    return Job(datamodule, module, tokenizer_dir)
+
+
+def build_finetune(cfg: DictConfig) -> Job:
+    pretrained = _pretrained(cfg)
+    tokenizer_dir = _tokenizer_for(cfg, pretrained)
+    load_tokenizer(tokenizer_dir)  # a clear error for a broken tokenizer before reading data
+    fields = model_config(cfg, tokenizer_dir, pretrained)
+    kwargs = _data_kwargs(cfg)
+    task = cfg.task.name
+    if task == "classify":
+        datamodule = ClassifyDataModule(**kwargs, tokenizer_dir=str(tokenizer_dir), cache_dir=str(cfg.paths.cache_dir))
+    else:
+        datamodule = NerDataModule(**kwargs, tokenizer_dir=str(tokenizer_dir))
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    labels = list(datamodule.labels)
+    optimizer = _plain(cfg.optimizer)
+    if task == "classify":
+        module: L.LightningModule = ClassifyModule(
+            model_config=fields,
+            optimizer=optimizer,
+            num_labels=datamodule.num_labels,
+            label_names=labels,
+            problem_type=str(cfg.data.problem_type),
+            pooling=str(cfg.task.pooling),
+            classifier_dropout=float(cfg.task.classifier_dropout),
+        )
+    else:
+        module = NerModule(
+            model_config=fields,
+            optimizer=optimizer,
+            label_names=labels,
+            scheme=str(cfg.data.scheme),
+            classifier_dropout=float(cfg.task.classifier_dropout),
+            strict=bool(cfg.task.strict),
+        )
+    if pretrained is not None:
+        load_encoder_weights(module.encoder, pretrained)
+    log.info("%s: %d labels %s", task, len(labels), labels[:20])
+    return Job(datamodule, module, tokenizer_dir)
+
+
+def _export(cfg: DictConfig, job: Job, out_dir: Path, metadata: dict[str, Any]) -> Path:
+    task = cfg.task.name
+    if task == "pretrain":
+        return export_pretraining(job.module.model, job.tokenizer_dir, out_dir, metadata=metadata)
+    module = job.module
+    extra = {"task": task}
+    if task == "classify":
+        extra.update(pooling=module.hparams["pooling"], problem_type=module.hparams["problem_type"])
+    else:
+        extra.update(scheme=module.hparams["scheme"])
+    return export_classifier(
+        module.encoder,
+        module.head.classifier,
+        list(module.hparams["label_names"]),
+        job.tokenizer_dir,
+        out_dir,
+        token_level=task == "ner",
+        problem_type=module.hparams.get("problem_type", "single_label"),
+        metadata={**metadata, **extra},
+    )
+
+
+def _metrics(results: list[dict[str, Any]] | dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, float]:
+    merged: dict[str, Any] = {}
+    for r in results if isinstance(results, list) else [results]:
+        merged.update(r)
+    return {
+        k: float(v)
+        for k, v in sorted(merged.items())
+        if k.startswith(prefixes) and not k.endswith("_bar") and torch.as_tensor(v).numel() == 1
+    }
+
+
 def run(cfg: DictConfig) -> float | None:
     """Train as ``cfg`` says; returns the monitored metric (for sweeps)."""
     started = time.time()
@@ -93,19 +240,14 @@ def run(cfg: DictConfig) -> float | None:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     torch.set_float32_matmul_precision(str(cfg.hardware.matmul_precision))
 
-    datamodule = build_datamodule(cfg)
-    tokenizer_dir = datamodule.prepare_tokenizer()
-    module = PretrainModule(
-        model_config=model_config(cfg, tokenizer_dir),
-        optimizer=_plain(cfg.optimizer),
-        compile=bool(cfg.hardware.compile),
-    )
-    datamodule.prepare_data()
-    log.info("data: %s", json.dumps(datamodule.stats()))
+    job = build_pretrain(cfg) if cfg.task.name == "pretrain" else build_finetune(cfg)
+    datamodule, module = job.datamodule, job.module
 
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
-    trainer_kwargs = _plain(cfg.trainer)
+    if not loggers:
+        # Without a logger there is nowhere to write the learning rate.
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     trainer = L.Trainer(
         accelerator=cfg.hardware.accelerator,
         devices=cfg.hardware.devices,
@@ -115,7 +257,7 @@ def run(cfg: DictConfig) -> float | None:
         default_root_dir=str(out_dir),
         use_distributed_sampler=False,  # the data modules shard by rank themselves
         enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
-        **trainer_kwargs,
+        **_plain(cfg.trainer),
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     if trainer.interrupted:
@@ -124,37 +266,44 @@ def run(cfg: DictConfig) -> float | None:
     checkpoint = trainer.checkpoint_callback
     best = getattr(checkpoint, "best_model_path", "") or ""
     last = getattr(checkpoint, "last_model_path", "") or ""
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    if best and not cfg.trainer.get("fast_dev_run"):
+    fast = bool(cfg.trainer.get("fast_dev_run"))
+    metrics = _metrics(dict(trainer.callback_metrics), ("val/",))
+    if best and not fast:
         # The best checkpoint's own validation metrics, and its weights for the export.
-        results = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-        metrics = {k: float(v) for k, v in results[0].items() if k.startswith("val/")}
-    metrics = {k: v for k, v in sorted(metrics.items()) if not k.endswith("_bar")}
+        metrics = _metrics(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False), ("val/",))
+    has_test = cfg.task.name != "pretrain" and cfg.data.get("test_file")
+    if has_test:
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best if best and not fast else None, verbose=False)
+        metrics.update(_metrics(results, ("test/",)))
+    reports = {}
+    for attr in ("last_entity_report", "last_confusion"):
+        if getattr(module, attr, None) is not None:
+            reports[attr.removeprefix("last_")] = getattr(module, attr)
 
     export_dir = None
     if cfg.get("export", True) and trainer.is_global_zero:
-        export_dir = export_pretraining(
-            module.model,
-            tokenizer_dir,
-            out_dir / "export",
-            metadata={"task": cfg.task.name, "metrics": metrics, "checkpoint": best or last},
-        )
+        export_dir = _export(cfg, job, out_dir / "export", {"metrics": metrics, "checkpoint": best or last})
 
     summary = {
         "status": "completed",
         "task": cfg.task.name,
-        "model": cfg.model.name,
+        "model": cfg.model.name if not cfg.model.get("init_from") else str(cfg.model.init_from),
         "metrics": metrics,
         "global_step": int(trainer.global_step),
         "best_checkpoint": best or None,
         "last_checkpoint": last or None,
         "export": str(export_dir) if export_dir else None,
-        "tokenizer": str(tokenizer_dir),
-        "data": datamodule.stats(),
+        "tokenizer": str(job.tokenizer_dir),
         "elapsed_s": round(time.time() - started, 1),
     }
+    if isinstance(datamodule, PretrainDataModule):
+        summary["data"] = datamodule.stats()
+    else:
+        summary["labels"] = list(datamodule.labels)
+    if reports:
+        summary["reports"] = reports
     if trainer.is_global_zero:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         log.info("summary: %s", json.dumps({"metrics": metrics, "run_dir": str(out_dir)}))
     monitor = cfg.task.get("monitor")
     return metrics.get(monitor) if monitor else None

@@ -12,8 +12,8 @@ import logging
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -59,15 +59,38 @@ def task_wrapper(cfg: DictConfig) -> float | None:
 
         return run(cfg)
     except BertlabError as e:
-        if _in_multirun():
-            out = Path(HydraConfig.get().runtime.output_dir)
-            (out / "summary.json").write_text(json.dumps({"status": "failed", "error": str(e)}, indent=2))
-            log.error("job failed: %s", e)
-            return None
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(e), status=2)
+    except Exception as e:  # a bug, not bad input: keep the traceback in the run's log
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        where = _save_traceback()
+        _fail(f"{type(e).__name__}: {e} (traceback in {where}; HYDRA_FULL_ERROR=1 prints it)", status=1)
     finally:
         _close_loggers()
+
+
+def _save_traceback() -> str:
+    try:
+        out = Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        out = Path.cwd()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "traceback.txt"
+    path.write_text(traceback.format_exc())
+    return str(path)
+
+
+def _fail(message: str, status: int) -> None:
+    """Report a failed job: one line on stderr and exit; inside a sweep, record it and go on."""
+    message = " ".join(message.split())
+    if _in_multirun():
+        out = Path(HydraConfig.get().runtime.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps({"status": "failed", "error": message}, indent=2))
+        log.error("job failed: %s", message)
+        return None
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
@@ -79,10 +102,6 @@ def main() -> None:
     start = time.time()
     _hydra_main()
     log.debug("done in %.1fs", time.time() - start)
-
-
-def _json_default(o: Any) -> Any:
-    return str(o)
 
 
 if __name__ == "__main__":

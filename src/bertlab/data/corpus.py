@@ -11,7 +11,9 @@ never held in memory as a whole. A UTF-8 byte order mark at the start and CRLF l
 from __future__ import annotations
 
 import codecs
+import itertools
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,12 +155,47 @@ def _iter_lines(path: Path, max_line_chars: int) -> Iterator[tuple[int, str]]:
             yield lineno, text
 
 
+# WikiText's raw layout: " = Title = " starts an article, " = = Section = = " a section, and blank
+# lines separate paragraphs (not documents).
+_WIKITEXT_TITLE = re.compile(r"^= [^=].* =$")
+_WIKITEXT_SECTION = re.compile(r"^(= ){2,}.*( =){2,}$")
+
+
+def _iter_wikitext_documents(source: str, lines: Iterator[tuple[int, str]]) -> Iterator[Document]:
+    doc: list[str] = []
+    first = 0
+    for lineno, text in lines:
+        if _WIKITEXT_TITLE.match(text):
+            if doc:
+                yield Document(source, first, doc)
+            doc, first = [text.strip("= ").strip()], lineno
+        elif text and not _WIKITEXT_SECTION.match(text):
+            if not doc:
+                first = lineno
+            doc.append(text)
+    if doc:
+        yield Document(source, first, doc)
+
+
 def _iter_file_documents(path: Path, max_line_chars: int, doc_per_line: bool) -> Iterator[Document]:
     source = str(path)
     found = False
     lines: list[str] = []
     first = 0
-    for lineno, text in _iter_lines(path, max_line_chars):
+    line_iter = _iter_lines(path, max_line_chars)
+    if not doc_per_line:
+        # Look at the first non-blank line: a WikiText title means article boundaries come from
+        # titles rather than blank lines.
+        head: list[tuple[int, str]] = []
+        for item in line_iter:
+            head.append(item)
+            if item[1]:
+                break
+        if head and _WIKITEXT_TITLE.match(head[-1][1]):
+            yield from _iter_wikitext_documents(source, itertools.chain(head, line_iter))
+            return
+        line_iter = itertools.chain(head, line_iter)
+    for lineno, text in line_iter:
         if not text:
             if lines:
                 found = True

@@ -31,6 +31,7 @@ from bertlab.data.default_corpus import write_default_corpus
 from bertlab.data.masking import MaskingConfig, PretrainingCollator
 from bertlab.data.nsp import create_instances_from_document, document_rng
 from bertlab.data.sampler import ResumableDataLoader, ResumableSampler
+from bertlab.data.sentences import split_sentences
 from bertlab.data.tokenizer import load_tokenizer, special_token_ids, train_wordpiece
 from bertlab.errors import BertlabError
 
@@ -63,9 +64,11 @@ class InstanceDataset(TorchDataset):
         ]
 
 
-def _tokenize_lines(batch: dict[str, list], tokenizer: Any) -> dict[str, list]:
+def _tokenize_lines(batch: dict[str, list], tokenizer: Any, split: bool) -> dict[str, list]:
     segments = []
     for lines in batch["lines"]:
+        if split:
+            lines = [s for line in lines for s in split_sentences(line)]
         encodings = tokenizer.encode_batch(lines, add_special_tokens=False)
         segments.append([e.ids for e in encodings])
     return {"segments": segments}
@@ -118,6 +121,7 @@ class PretrainDataModule(L.LightningDataModule):
         hub: dict[str, Any] | None = None,
         generated_documents: int = 1500,
         doc_per_line: bool = False,
+        split_sentences: bool = True,
         max_line_chars: int = 100_000,
         tokenizer: dict[str, Any] | None = None,
         max_seq_length: int = 128,
@@ -154,6 +158,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.hub = dict(hub or {})
         self.generated_documents = generated_documents
         self.doc_per_line = doc_per_line
+        self.split_sentences = split_sentences
         self.max_line_chars = max_line_chars
         self.tokenizer_cfg = dict(tokenizer or {})
         self.max_seq_length = max_seq_length
@@ -187,7 +192,13 @@ class PretrainDataModule(L.LightningDataModule):
                 write_default_corpus(path, num_documents=self.generated_documents, seed=self.seed)
             return [path]
         if self.source == "text_files":
-            return [Path(f) for f in self.files]
+            paths = [Path(f) for f in self.files]
+            for p in paths:
+                if not p.exists():
+                    raise BertlabError(f"corpus file not found: {p} (data.files)")
+                if p.is_dir():
+                    raise BertlabError(f"{p}: is a directory, not a corpus file (data.files)")
+            return paths
         return []
 
     def corpus_spec(self) -> dict[str, Any]:
@@ -273,6 +284,7 @@ class PretrainDataModule(L.LightningDataModule):
                 "tokenizer": directory_digest(tok_dir, TOKENIZER_FILES),
                 "max_seq_length": self.max_seq_length,
                 "short_seq_prob": self.short_seq_prob,
+                "split_sentences": self.split_sentences,
                 "dupe_factor": self.dupe_factor,
                 "val_fraction": self.val_fraction,
                 "seed": self.seed,
@@ -309,7 +321,7 @@ class PretrainDataModule(L.LightningDataModule):
                 _tokenize_lines,
                 batched=True,
                 batch_size=64,
-                fn_kwargs={"tokenizer": tokenizer},
+                fn_kwargs={"tokenizer": tokenizer, "split": self.split_sentences},
                 remove_columns=["lines"],
                 num_proc=self.num_proc,
                 desc="tokenizing",

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import save_file
+from torch import nn
 
 from bertlab.data.cache import atomic_directory
-from bertlab.encoder import BertForPretraining, pretraining_heads_to_hf
+from bertlab.encoder import BertEncoder, BertForPretraining, encoder_to_hf, pretraining_heads_to_hf
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -46,5 +47,47 @@ def export_pretraining(
     with atomic_directory(out_dir) as tmp:
         save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        copy_tokenizer(tokenizer_dir, tmp)
+    return out_dir
+
+
+HF_PROBLEM_TYPES = {
+    "single_label": "single_label_classification",
+    "multi_label": "multi_label_classification",
+    "regression": "regression",
+}
+
+
+def export_classifier(
+    encoder: BertEncoder,
+    classifier: nn.Linear,
+    label_names: list[str],
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    token_level: bool,
+    problem_type: str = "single_label",
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a fine-tuned model as ``BertForSequenceClassification`` (or, with ``token_level``,
+    ``BertForTokenClassification``, which has no pooler) with ``id2label``/``label2id``."""
+    out_dir = Path(out_dir)
+    config = encoder.config
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    if token_level:
+        state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
+    hf_state = encoder_to_hf(state, config, prefix="bert.")
+    hf_state["classifier.weight"] = classifier.weight.detach().cpu().contiguous().clone()
+    hf_state["classifier.bias"] = classifier.bias.detach().cpu().contiguous().clone()
+    hf_config = config.to_hf_dict()
+    hf_config["architectures"] = ["BertForTokenClassification" if token_level else "BertForSequenceClassification"]
+    hf_config["id2label"] = {str(i): name for i, name in enumerate(label_names)}
+    hf_config["label2id"] = {name: i for i, name in enumerate(label_names)}
+    if not token_level:
+        hf_config["problem_type"] = HF_PROBLEM_TYPES[problem_type]
+    if metadata:
+        hf_config["bertlab"] = metadata
+    with atomic_directory(out_dir) as tmp:
+        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
         copy_tokenizer(tokenizer_dir, tmp)
     return out_dir

@@ -19,7 +19,9 @@ class PretrainModule(L.LightningModule):
     optimizer settings (see :mod:`bertlab.tasks.optim`). Both are saved, as plain dicts, in every
     checkpoint, which therefore loads with ``torch.load(weights_only=True)``."""
 
-    def __init__(self, model_config: dict[str, Any], optimizer: dict[str, Any], compile: bool = False) -> None:
+    def __init__(
+        self, model_config: dict[str, Any], optimizer: dict[str, Any], compile: bool = False
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.config = BertConfig(**model_config)

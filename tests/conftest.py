@@ -1,0 +1,78 @@
+"""Shared fixtures: compose the real Hydra config, shrink it, and run it in-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from bertlab.cli.train import CONF_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Small enough that every model size runs one step in seconds.
+SHRINK = [
+    "data.stride=8",
+    "data.generated_documents=60",
+    "data.max_seq_length=32",
+    "data.batch_size=2",
+    "data.eval_batch_size=2",
+    "tokenizer.vocab_size=400",
+    "hardware.num_workers=0",
+    "trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture(scope="session")
+def bertlab_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One root for the whole session, so the tokenizer and data caches are shared by tests."""
+    root = tmp_path_factory.mktemp("bertlab_root")
+    os.environ["BERTLAB_ROOT"] = str(root)
+    return root
+
+
+@pytest.fixture
+def compose_cfg(bertlab_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """compose_cfg(overrides) -> the real train.yaml, composed, with the run dir in tmp_path."""
+
+    def _compose(overrides: list[str] | None = None, shrink: bool = True) -> DictConfig:
+        overrides = list(overrides or [])
+        shrink_overrides = SHRINK if shrink else []
+        data = next((o.split("=", 1)[1] for o in overrides if o.startswith("data=")), "generated")
+        keep = {"generated_documents": data in ("generated", "text_files", "hub"), "stride": data == "conll"}
+        shrink_overrides = [o for o in shrink_overrides if all(keep.get(k, True) or k not in o for k in keep)]
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(
+                config_name="train",
+                return_hydra_config=True,
+                overrides=shrink_overrides + overrides,
+            )
+        with open_dict(cfg):
+            cfg.paths.root_dir = str(bertlab_root)
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def run_cli(
+    args: list[str], root: Path, timeout: int = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``bertlab-train`` as a user would, in a subprocess."""
+    env = {**os.environ, "BERTLAB_ROOT": str(root), "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    cmd = [sys.executable, "-m", "bertlab.cli.train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd or REPO)

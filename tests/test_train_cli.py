@@ -1,0 +1,248 @@
+"""The training entry point: composition, fast_dev_run of every combination, the run-directory
+contract, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertlab.cli.run import run
+from tests.conftest import CONF_DIR, run_cli
+
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+TASKS = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+SHAPES = {
+    "tiny": (2, 128),
+    "mini": (4, 256),
+    "small": (4, 512),
+    "medium": (8, 512),
+    "base": (12, 768),
+    "large": (24, 1024),
+}
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_task_model_hardware_composes(compose_cfg, labelled_files, task, model):
+    for hardware in ("cpu", "gpu"):
+        cfg = compose_cfg([f"task={task}", f"model={model}", f"hardware={hardware}"] + labelled_files[task])
+        from bertlab.cli.run import validate_config
+
+        validate_config(cfg)
+        assert cfg.task.name == task and cfg.model.name == model
+
+
+def test_model_sizes_have_berts_published_shapes(compose_cfg):
+    assert set(MODELS) == set(SHAPES)
+    for name, (layers, hidden) in SHAPES.items():
+        m = compose_cfg([f"model={name}"]).model
+        assert (m.num_layers, m.hidden_size, m.num_heads, m.intermediate_size) == (
+            layers,
+            hidden,
+            hidden // 64,
+            4 * hidden,
+        )
+
+
+def test_defaults_list_has_every_group_and_empty_slots(compose_cfg):
+    cfg = compose_cfg(shrink=False)
+    choices = cfg.hydra.runtime.choices
+    for group in [
+        "task",
+        "model",
+        "data",
+        "tokenizer",
+        "optimizer",
+        "hardware",
+        "logger",
+        "callbacks",
+        "paths",
+    ]:
+        assert choices.get(group), group
+    for slot in ["experiment", "debug", "hparams_search"]:
+        assert slot in choices and choices[slot] is None
+    assert cfg.hydra.run.dir.endswith(cfg.hydra.run.dir.split("/runs/")[-1])
+    assert "/pretrain/runs/" in cfg.hydra.run.dir
+
+
+@pytest.fixture(scope="session")
+def labelled_files(tmp_path_factory) -> dict[str, list[str]]:
+    """Tiny classification and NER files, and the tokenizer they use, as overrides per task."""
+    d = tmp_path_factory.mktemp("labelled")
+    rows = ["sentence\tlabel"] + [f"{w} film number {i}\t{i % 2}" for i, w in enumerate(["good", "bad"] * 6)]
+    (d / "cls.tsv").write_text("\n".join(rows) + "\n")
+    conll = "".join(f"Anna\tB-person\nlives\tO\nin\tO\nParis\tB-location\n{i}\tO\n\n" for i in range(6))
+    (d / "ner.txt").write_text(conll)
+    tok = tmp_path_factory.mktemp("tok") / "wordpiece"
+    from bertlab.data.tokenizer import train_wordpiece
+
+    train_wordpiece(
+        ["good bad film number anna lives in paris 0 1 2 3 4 5 6 7 8 9 10 11"] * 5, tok, vocab_size=200
+    )
+    common = [f"tokenizer.path={tok}"]
+    return {
+        "pretrain": [],
+        "classify": [
+            "data=csv",
+            f"data.train_file={d / 'cls.tsv'}",
+            f"data.validation_file={d / 'cls.tsv'}",
+            *common,
+        ],
+        "ner": [
+            "data=conll",
+            f"data.train_file={d / 'ner.txt'}",
+            f"data.validation_file={d / 'ner.txt'}",
+            f"data.test_file={d / 'ner.txt'}",
+            *common,
+        ],
+    }
+
+
+# base and large allocate ~1-4 GB of weights and Adam state per run: in the slow suite.
+MODEL_PARAMS = [pytest.param(m, marks=pytest.mark.slow) if m in ("base", "large") else m for m in MODELS]
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("model", MODEL_PARAMS)
+def test_fast_dev_run_every_task_model_on_cpu(compose_cfg, labelled_files, task, model):
+    overrides = [f"task={task}", f"model={model}", "hardware=cpu", "debug=fdr", "logger=none"]
+    cfg = compose_cfg(overrides + labelled_files[task])
+    run(cfg)
+
+
+def test_short_run_learns_something_and_writes_contract(compose_cfg, tmp_path):
+    cfg = compose_cfg(
+        [
+            "trainer.max_steps=30",
+            "trainer.val_check_interval=15",
+            "data.batch_size=8",
+            "optimizer.lr=3e-3",
+        ]
+    )
+    run(cfg)
+    out = Path(cfg.paths.output_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["global_step"] == 30
+    for key in ["val/mlm_loss", "val/mlm_acc", "val/nsp_acc", "val/perplexity"]:
+        assert key in summary["metrics"]
+    assert Path(summary["best_checkpoint"]).is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    for name in ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"]:
+        assert (out / "export" / name).is_file()
+    # Checkpoints load without executing code.
+    ckpt = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
+    assert "state_dict" in ckpt and ckpt["hyper_parameters"]["model_config"]["vocab_size"] > 5
+    # The loss went down from its value at random init (ln V).
+    import math
+
+    assert summary["metrics"]["val/mlm_loss"] < math.log(
+        ckpt["hyper_parameters"]["model_config"]["vocab_size"]
+    )
+
+
+def test_export_loads_in_transformers_with_same_logits(compose_cfg):
+    transformers = pytest.importorskip("transformers")
+    from bertlab.data.tokenizer import load_tokenizer
+    from bertlab.tasks.pretrain import PretrainModule
+
+    cfg = compose_cfg(["trainer.max_steps=4", "trainer.val_check_interval=2"])
+    run(cfg)
+    out = Path(cfg.paths.output_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    hf, info = transformers.BertForPreTraining.from_pretrained(out / "export", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    hf.eval()
+    ckpt = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
+    module = PretrainModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+
+    tok = transformers.BertTokenizerFast.from_pretrained(out / "export")
+    ours = load_tokenizer(out / "export")
+    text_a, text_b = "the town was founded by sailors", "they sail ships across the sea"
+    enc = tok(text_a, text_b, return_tensors="pt")
+    assert enc["input_ids"][0].tolist() == ours.encode(text_a, text_b).ids
+    labels = torch.full_like(enc["input_ids"], -100)
+    labels[0, 2] = enc["input_ids"][0, 2]
+    with torch.no_grad():
+        ref = hf(**enc)
+        got = module.model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], labels)
+    torch.testing.assert_close(got["nsp_logits"], ref.seq_relationship_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["mlm_logits"][0], ref.prediction_logits[0, 2], atol=1e-5, rtol=0)
+
+
+def test_cli_run_directory_has_hydra_config(bertlab_root, tmp_path):
+    res = run_cli(
+        [
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "trainer.enable_progress_bar=false",
+            *_small(),
+        ],
+        bertlab_root,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = sorted((bertlab_root / "logs" / "pretrain" / "runs").iterdir())
+    run_dir = runs[-1]
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "resolved_config.yaml").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def _small() -> list[str]:
+    return ["data.max_seq_length=32", "data.batch_size=2", "tokenizer.vocab_size=300"]
+
+
+def _assert_one_line_error(res, *fragments: str) -> None:
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: "), res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    for f in fragments:
+        assert f in lines[-1], lines[-1]
+
+
+def _no_run_output(root: Path) -> None:
+    runs = root / "logs" / "pretrain" / "runs"
+    for run_dir in runs.iterdir() if runs.exists() else []:
+        assert not (run_dir / "export").exists()
+        assert not (run_dir / "checkpoints").exists()
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+BAD_INPUTS = {
+    "missing": (None, ["not found"]),
+    "empty": (b"", ["empty"]),
+    "single_document": (b"one line.\nanother line of the same document.\n", ["single document"]),
+    "invalid_utf8": (b"good line\n\nbad \xff\xfe line\n\nthird doc\n", [":3:", "UTF-8"]),
+    "long_line": (b"a doc\n\n" + b"word " * 30000 + b"\n\nthird\n", [":3:", "max_line_chars"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_corpus_gives_one_line_error(tmp_path, case):
+    data, fragments = BAD_INPUTS[case]
+    path = tmp_path / f"{case}.txt"
+    if data is not None:
+        _write(path, data)
+    root = tmp_path / "root"
+    res = run_cli(["data=text_files", f"data.files=[{path}]", *_small()], root, timeout=300)
+    _assert_one_line_error(res, path.name, *fragments)
+    _no_run_output(root)
+
+
+def test_tokenizer_vocab_mismatch_is_one_line_error(tmp_path, bertlab_root):
+    res = run_cli(["model.vocab_size=12345", *_small()], tmp_path / "root", timeout=300)
+    _assert_one_line_error(res, "vocab_size=12345", "tokenizer")
+
+
+def test_seq_length_above_positions_is_one_line_error(tmp_path):
+    res = run_cli(["data.max_seq_length=1024"], tmp_path / "root", timeout=300)
+    _assert_one_line_error(res, "max_seq_length=1024", "max_position_embeddings=512")
