@@ -44,6 +44,7 @@ __all__ = [
     "Window",
     "build_windows",
     "plan_windows",
+    "word_pieces",
 ]
 
 SPLITS = ("train", "validation", "test")
@@ -150,6 +151,23 @@ def build_windows(
                 np.asarray(words, dtype=np.int32),
             )
         )
+    return out
+
+
+def word_pieces(tokenizer: Any, sentences: Sequence[Sequence[str]], unk_id: int) -> list[list[list[int]]]:
+    """Piece ids of every word of every sentence; a word that tokenizes to nothing (a control
+    character, an odd space) becomes ``[UNK]`` so that it still gets a prediction."""
+    encodings = tokenizer.encode_batch([list(w) for w in sentences], is_pretokenized=True, add_special_tokens=False)
+    out = []
+    for words, enc in zip(sentences, encodings):
+        pieces: list[list[int]] = [[] for _ in words]
+        for piece, w in zip(enc.ids, enc.word_ids):
+            if w is not None:
+                pieces[w].append(piece)
+        for p in pieces:
+            if not p:
+                p.append(unk_id)
+        out.append(pieces)
     return out
 
 
@@ -360,11 +378,9 @@ class NerDataModule(L.LightningDataModule):
         tok = load_tokenizer(self.tokenizer_dir)
         ids = special_token_ids(tok)
         self._pad_id = ids["pad"]
-        encodings = tok.encode_batch(
-            [s.words for s in sentences], is_pretokenized=True, add_special_tokens=False
-        )
+        all_pieces = word_pieces(tok, [s.words for s in sentences], ids["unk"])
         windows: list[Window] = []
-        for si, (s, enc) in enumerate(zip(sentences, encodings)):
+        for si, (s, pieces) in enumerate(zip(sentences, all_pieces)):
             label_ids = []
             for i, tag in enumerate(s.tags):
                 if tag not in label_to_id:
@@ -374,13 +390,6 @@ class NerDataModule(L.LightningDataModule):
                         f"({', '.join(self.labels)})"
                     )
                 label_ids.append(label_to_id[tag])
-            pieces: list[list[int]] = [[] for _ in s.words]
-            for piece, w in zip(enc.ids, enc.word_ids):
-                if w is not None:
-                    pieces[w].append(piece)
-            for p in pieces:
-                if not p:
-                    p.append(ids["unk"])
             windows.extend(
                 build_windows(
                     si,

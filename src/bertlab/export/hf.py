@@ -73,9 +73,9 @@ def export_classifier(
     out_dir = Path(out_dir)
     config = encoder.config
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
-    if token_level:
-        state = {k: v for k, v in state.items() if not k.startswith("pooler.")}
     hf_state = encoder_to_hf(state, config, prefix="bert.")
+    if token_level:  # BertForTokenClassification has no pooler
+        hf_state = {k: v for k, v in hf_state.items() if not k.startswith("bert.pooler.")}
     hf_state["classifier.weight"] = classifier.weight.detach().cpu().contiguous().clone()
     hf_state["classifier.bias"] = classifier.bias.detach().cpu().contiguous().clone()
     hf_config = config.to_hf_dict()
