@@ -9,10 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bertlab.cli.train import CONF_DIR
 
@@ -20,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Small enough that every model size runs one step in seconds.
+_MISSING = object()
+
 SHRINK = [
     "data.stride=8",
     "data.generated_documents=60",
@@ -46,18 +49,17 @@ def compose_cfg(bertlab_root: Path, tmp_path: Path) -> Callable[..., DictConfig]
 
     def _compose(overrides: list[str] | None = None, shrink: bool = True) -> DictConfig:
         overrides = list(overrides or [])
-        shrink_overrides = SHRINK if shrink else []
-        data = next((o.split("=", 1)[1] for o in overrides if o.startswith("data=")), "generated")
-        keep = {"generated_documents": data in ("generated", "text_files", "hub"), "stride": data == "conll"}
-        shrink_overrides = [o for o in shrink_overrides if all(keep.get(k, True) or k not in o for k in keep)]
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(
-                config_name="train",
-                return_hydra_config=True,
-                overrides=shrink_overrides + overrides,
-            )
+            cfg = compose(config_name="train", return_hydra_config=True, overrides=overrides)
         with open_dict(cfg):
+            if shrink:
+                # Shrink what this config has, unless the test set it itself.
+                given = {o.split("=", 1)[0].lstrip("+") for o in overrides}
+                for item in SHRINK:
+                    key, value = item.split("=", 1)
+                    if key not in given and OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
+                        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
             cfg.paths.root_dir = str(bertlab_root)
             cfg.paths.output_dir = str(tmp_path / "run")
             cfg.hydra.runtime.output_dir = str(tmp_path / "run")

