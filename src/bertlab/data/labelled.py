@@ -733,6 +733,7 @@ class ClassifyDataModule(L.LightningDataModule):
         seed: int = 1234,
         labels: list[str] | None = None,
         cache_dir: str | None = None,
+        hub: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if problem_type not in PROBLEM_TYPES:
@@ -747,6 +748,9 @@ class ClassifyDataModule(L.LightningDataModule):
             )
         if limit_train_rows is not None and limit_train_rows < 1:
             raise BertlabError(f"data.limit_train_rows={limit_train_rows} must be at least 1")
+        self.hub = dict(hub) if hub else None
+        if self.hub and not self.hub.get("name"):
+            raise BertlabError("data.hub.name is not set: name a datasets dataset, e.g. data.hub.name=glue")
         if train_file is None and labels is None:
             raise BertlabError("data.train_file is not set: the label set comes from the training file")
         self.tokenizer_dir = Path(tokenizer_dir)
@@ -834,10 +838,13 @@ class ClassifyDataModule(L.LightningDataModule):
         """(texts, pair texts or None, parsed labels, locator) of a split, checked row by row."""
         if split in self._raw:
             return self._raw[split]
-        path = self.files[split]
-        if path is None:
-            raise BertlabError(f"data.{split}_file is not set")
-        ds, where = read_table_with_locations(path, cache_dir=self.cache_dir, **self.read_options)
+        if self.hub:
+            ds, where, path = self._read_hub(split)
+        else:
+            path = self.files[split]
+            if path is None:
+                raise BertlabError(f"data.{split}_file is not set")
+            ds, where = read_table_with_locations(path, cache_dir=self.cache_dir, **self.read_options)
         require_columns(
             ds,
             path,
@@ -860,6 +867,32 @@ class ClassifyDataModule(L.LightningDataModule):
         )
         self._raw[split] = (texts, pairs, values, where)
         return self._raw[split]
+
+    def _read_hub(self, split: str) -> tuple[datasets.Dataset, RowLocator, str]:
+        """A split of a ``datasets`` dataset by name (``data.hub``): the real loading code; offline
+        it works on local builders (``csv``, ``json``, ``parquet`` with ``data_files``) and caches."""
+        hub = self.hub
+        split_name = self.files[split]  # with a hub dataset, the *_file keys name its splits
+        if split_name is None:
+            raise BertlabError(f"data.{split}_file is not set (the name of the hub dataset's {split} split)")
+        name = f"{hub['name']}[{split_name}]"
+        try:
+            ds = datasets.load_dataset(
+                hub["name"],
+                hub.get("config_name"),
+                split=split_name,
+                data_files=hub.get("data_files"),
+                cache_dir=self.cache_dir,
+            )
+        except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+            raise BertlabError(f"data.hub: cannot load {name}: {str(e).splitlines()[0][:300]}") from None
+        # A ClassLabel column gives its label names, in id order.
+        feature = ds.features.get(self.label_column)
+        if isinstance(feature, datasets.ClassLabel):
+            ds = ds.cast_column(self.label_column, datasets.Value("string"))
+            names = feature.names
+            ds = ds.map(lambda row: {self.label_column: names[int(row[self.label_column])]})
+        return ds, RowLocator(name, first_line=None), name
 
     @staticmethod
     def _texts(values: list[Any], column: str, where: RowLocator) -> list[str]:
