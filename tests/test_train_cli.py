@@ -295,3 +295,13 @@ def test_processed_data_cache_is_reused_and_keyed_by_settings(compose_cfg):
     assert again == first and (first / "stats.json").stat().st_mtime_ns == stamp
     other = build_pretrain(compose_cfg(["logger=none", "data.short_seq_prob=0.5"])).datamodule.data_dir()
     assert other != first and (other / "stats.json").exists()
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [("model=minni", "model/minni"), ("optimizer.lrr=3", "optimizer.lrr"), ("data=hub", "data.hub.name")],
+)
+def test_config_mistakes_are_one_line_errors(tmp_path, override, fragment):
+    res = run_cli([override], tmp_path / "root", timeout=300)
+    _assert_one_line_error(res, fragment)
+    assert len([ln for ln in res.stderr.splitlines() if ln.strip()]) == 1, res.stderr

@@ -85,11 +85,17 @@ def load_predictor(path: str | Path) -> tuple[str, torch.nn.Module, Pretrained]:
     meta = pretrained.metadata
     if task == "classify":
         problem = meta.get("problem_type", "single_label")
-        problem = {"single_label_classification": "single_label", "multi_label_classification": "multi_label"}.get(
-            problem, problem
-        )
+        problem = {
+            "single_label_classification": "single_label",
+            "multi_label_classification": "multi_label",
+        }.get(problem, problem)
         module: torch.nn.Module = ClassifyModule(
-            config, {}, num_labels=len(labels), label_names=labels, problem_type=problem, pooling=meta.get("pooling", "cls")
+            config,
+            {},
+            num_labels=len(labels),
+            label_names=labels,
+            problem_type=problem,
+            pooling=meta.get("pooling", "cls"),
         )
     else:
         module = NerModule(config, {}, label_names=labels, scheme=meta.get("scheme", "IOB2"))
@@ -118,7 +124,10 @@ def predict_classify(
         pairs.append(b)
     use_pairs = any("\t" in line for line in lines)
     enc = encode_pairs(tokenizer, texts, pairs if use_pairs else None, max_seq_length, ids["cls"], ids["sep"])
-    rows = [{"input_ids": x, "a_len": a, "index": i} for i, (x, a) in enumerate(zip(enc["input_ids"], enc["a_len"]))]
+    rows = [
+        {"input_ids": x, "a_len": a, "index": i}
+        for i, (x, a) in enumerate(zip(enc["input_ids"], enc["a_len"]))
+    ]
     collate = ClassifyCollator(ids["pad"], module.hparams["problem_type"], module.hparams["num_labels"])
     labels = module.hparams["label_names"]
     problem = module.hparams["problem_type"]
@@ -149,7 +158,12 @@ def predict_classify(
 
 @torch.no_grad()
 def predict_ner(
-    module: NerModule, tokenizer: Any, lines: list[str], max_seq_length: int, batch_size: int, stride: int = 32
+    module: NerModule,
+    tokenizer: Any,
+    lines: list[str],
+    max_seq_length: int,
+    batch_size: int,
+    stride: int = 32,
 ) -> list[dict[str, Any]]:
     ids = special_token_ids(tokenizer)
     split = [words_with_offsets(line) for line in lines]

@@ -47,14 +47,37 @@ def _plain(cfg: Any) -> Any:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
+def missing_values(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Keys of ``cfg`` (outside ``hydra``) still set to ``???``."""
+    missing = []
+    for key in cfg:
+        if key == "hydra" and not prefix:
+            continue
+        name = f"{prefix}{key}"
+        if OmegaConf.is_missing(cfg, key):
+            missing.append(name)
+        else:
+            value = cfg[key]
+            if isinstance(value, DictConfig):
+                missing.extend(missing_values(value, f"{name}."))
+    return missing
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Checks that need no data: clear one-line errors before any work starts."""
+    missing = missing_values(cfg)
+    if missing:
+        raise BertlabError(
+            f"missing required value(s): {', '.join(missing)} (set them on the command line, e.g. {missing[0]}=...)"
+        )
     task = cfg.task.name
     if task not in TASK_DATA:
         raise BertlabError(f"task={task} is not one of {', '.join(TASK_DATA)}")
     kind = cfg.data.get("kind")
     if kind != TASK_DATA[task]:
-        wanted = {"pretrain": "generated|text_files|hub", "labelled": "csv", "conll": "conll"}[TASK_DATA[task]]
+        wanted = {"pretrain": "generated|text_files|hub", "labelled": "csv", "conll": "conll"}[
+            TASK_DATA[task]
+        ]
         raise BertlabError(f"task={task} reads data={wanted}, but the data config is of kind {kind!r}")
     if cfg.model.get("init_from") is None:
         max_pos = int(cfg.model.max_position_embeddings)
@@ -133,7 +156,9 @@ def _tokenizer_for(cfg: DictConfig, pretrained: Pretrained | None) -> Path:
         return Path(cfg.tokenizer.path)
     if pretrained is not None:
         if pretrained.tokenizer_dir is None:
-            raise BertlabError(f"{pretrained.source}: no tokenizer (tokenizer.json or vocab.txt) beside the model")
+            raise BertlabError(
+                f"{pretrained.source}: no tokenizer (tokenizer.json or vocab.txt) beside the model"
+            )
         return pretrained.tokenizer_dir
     raise BertlabError("no tokenizer: set tokenizer.path or model.init_from")
 
@@ -143,7 +168,9 @@ def build_pretrain(cfg: DictConfig) -> Job:
     tokenizer = _plain(cfg.tokenizer)
     if pretrained is not None and not tokenizer.get("path"):
         tokenizer["path"] = str(_tokenizer_for(cfg, pretrained))
-    datamodule = PretrainDataModule(**_data_kwargs(cfg), tokenizer=tokenizer, cache_dir=str(cfg.paths.cache_dir))
+    datamodule = PretrainDataModule(
+        **_data_kwargs(cfg), tokenizer=tokenizer, cache_dir=str(cfg.paths.cache_dir)
+    )
     tokenizer_dir = datamodule.prepare_tokenizer()
     module = PretrainModule(
         model_config=model_config(cfg, tokenizer_dir, pretrained),
@@ -165,7 +192,9 @@ def build_finetune(cfg: DictConfig) -> Job:
     kwargs = _data_kwargs(cfg)
     task = cfg.task.name
     if task == "classify":
-        datamodule = ClassifyDataModule(**kwargs, tokenizer_dir=str(tokenizer_dir), cache_dir=str(cfg.paths.cache_dir))
+        datamodule = ClassifyDataModule(
+            **kwargs, tokenizer_dir=str(tokenizer_dir), cache_dir=str(cfg.paths.cache_dir)
+        )
     else:
         datamodule = NerDataModule(**kwargs, tokenizer_dir=str(tokenizer_dir))
     datamodule.prepare_data()
@@ -272,10 +301,14 @@ def run(cfg: DictConfig) -> float | None:
     metrics = _metrics(dict(trainer.callback_metrics), ("val/",))
     if best and not fast:
         # The best checkpoint's own validation metrics, and its weights for the export.
-        metrics = _metrics(trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False), ("val/",))
+        metrics = _metrics(
+            trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False), ("val/",)
+        )
     has_test = cfg.task.name != "pretrain" and cfg.data.get("test_file")
     if has_test:
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best if best and not fast else None, verbose=False)
+        results = trainer.test(
+            module, datamodule=datamodule, ckpt_path=best if best and not fast else None, verbose=False
+        )
         metrics.update(_metrics(results, ("test/",)))
     reports = {}
     for attr in ("last_entity_report", "last_confusion"):

@@ -7,13 +7,14 @@ LightningModule, and leaves a run directory with ``summary.json``, ``checkpoints
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
+from typing import TextIO
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -31,8 +32,14 @@ def _root() -> str:
     return os.environ.get("BERTLAB_ROOT") or os.getcwd()
 
 
+_RUN_SUFFIX = f"{os.getpid() % 10000:04d}"
+
+
 if not OmegaConf.has_resolver("bertlab_root"):
     OmegaConf.register_new_resolver("bertlab_root", _root)
+if not OmegaConf.has_resolver("bertlab_pid"):
+    # Two runs started in the same second must not share a run directory.
+    OmegaConf.register_new_resolver("bertlab_pid", lambda: _RUN_SUFFIX)
 
 
 def _close_loggers() -> None:
@@ -51,20 +58,61 @@ def _in_multirun() -> bool:
         return False
 
 
+class _ComposeErrors(io.TextIOBase):
+    """Stands in for stderr while Hydra composes the config, so that a composition error (a typo
+    in an override, an unknown group option) can be reported as one line. Everything written
+    after the job starts goes straight to the real stderr."""
+
+    def __init__(self, real: TextIO) -> None:
+        self.real = real
+        self.buffer_text: list[str] = []
+        self.passthrough = False
+
+    def write(self, text: str) -> int:
+        if self.passthrough:
+            return self.real.write(text)
+        self.buffer_text.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def release(self) -> None:
+        """The job has started: show what was held back and pass everything through from now on."""
+        if not self.passthrough:
+            self.passthrough = True
+            self.real.write("".join(self.buffer_text))
+            self.buffer_text = []
+
+    def one_line(self) -> str:
+        lines = [ln.strip() for ln in "".join(self.buffer_text).splitlines()]
+        if "Config search path:" in lines:
+            lines = lines[: lines.index("Config search path:")]
+        lines = [ln for ln in lines if ln and "HYDRA_FULL_ERROR" not in ln]
+        return " ".join(lines)
+
+
+_STDERR: _ComposeErrors | None = None
+
+
 def task_wrapper(cfg: DictConfig) -> float | None:
     """Run one job. A :class:`BertlabError` becomes one line on stderr and exit status 2 (in a
     sweep, the job is recorded as failed and the sweep goes on); loggers are always closed."""
+    if _STDERR is not None:
+        _STDERR.release()
     try:
         from bertlab.cli.run import run
 
         return run(cfg)
     except BertlabError as e:
-        _fail(str(e), status=2)
+        return _fail(str(e), status=2)
     except Exception as e:  # a bug, not bad input: keep the traceback in the run's log
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         where = _save_traceback()
-        _fail(f"{type(e).__name__}: {e} (traceback in {where}; HYDRA_FULL_ERROR=1 prints it)", status=1)
+        return _fail(
+            f"{type(e).__name__}: {e} (traceback in {where}; HYDRA_FULL_ERROR=1 prints it)", status=1
+        )
     finally:
         _close_loggers()
 
@@ -80,7 +128,7 @@ def _save_traceback() -> str:
     return str(path)
 
 
-def _fail(message: str, status: int) -> None:
+def _fail(message: str, status: int) -> float:
     """Report a failed job: one line on stderr and exit; inside a sweep, record it and go on."""
     message = " ".join(message.split())
     if _in_multirun():
@@ -88,7 +136,7 @@ def _fail(message: str, status: int) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps({"status": "failed", "error": message}, indent=2))
         log.error("job failed: %s", message)
-        return None
+        return float("nan")  # a failed trial, for sweepers that read the value (Optuna)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(status)
 
@@ -99,9 +147,26 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    start = time.time()
-    _hydra_main()
-    log.debug("done in %.1fs", time.time() - start)
+    """The console script: composition errors become one line, like every other input error."""
+    global _STDERR
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        _hydra_main()
+        return
+    _STDERR = _ComposeErrors(sys.stderr)
+    sys.stderr = _STDERR
+    try:
+        _hydra_main()
+    except SystemExit as e:
+        if e.code not in (0, None) and not _STDERR.passthrough:
+            message = _STDERR.one_line() or "the configuration could not be composed"
+            _STDERR.buffer_text = []
+            sys.stderr = _STDERR.real
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    finally:
+        sys.stderr = _STDERR.real
+        _STDERR.release()
 
 
 if __name__ == "__main__":
