@@ -746,7 +746,8 @@ def run_bertlab(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any
             "labels": summary.get("labels"),
             "global_step": summary.get("global_step"),
             "elapsed_s_in_summary": summary.get("elapsed_s"),
-            "per_epoch_dev": _per_epoch_csv(run_dir / "csv" / "metrics.csv"),
+            # the rows of the fit only (not the re-validation of the best checkpoint after it)
+            "per_epoch_dev": _per_epoch_csv(run_dir / "csv" / "metrics.csv")[: timing.get("val_runs")],
             "fit_s": timing.get("fit_s"),
             "eval_in_fit_s": timing.get("eval_in_fit_s"),
             "train_batches": timing.get("train_batches"),

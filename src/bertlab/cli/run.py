@@ -12,8 +12,12 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from bertlab.cli.callbacks import RunIdentity
 from bertlab.data.labelled import ClassifyDataModule
 from bertlab.data.ner import NerDataModule
 from bertlab.data.pretrain import PretrainDataModule
@@ -126,6 +130,59 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [hydra.utils.instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+
+
+def flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as ``{"a/b/c": value}`` (what dashboards can filter and group on)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}/")
+        else:
+            out[prefix.rstrip("/")] = (
+                node if isinstance(node, (int, float, str, bool)) or node is None else str(node)
+            )
+
+    walk(plain, "")
+    return out
+
+
+def _resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
+    """``ckpt_path``: a file, or ``last`` for this run directory's last checkpoint."""
+    value = cfg.get("ckpt_path")
+    if not value:
+        return None
+    if value == "last":
+        path = out_dir / "checkpoints" / "last.ckpt"
+        return str(path) if path.is_file() else None
+    if not Path(value).is_file():
+        raise BertlabError(f"ckpt_path={value}: no such checkpoint")
+    return str(value)
+
+
+def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
+    """The configured loggers; a resumed W&B run keeps its id, sweep jobs share a group."""
+    group = cfg.get("logger")
+    if not group:
+        return []
+    group = OmegaConf.to_container(group, resolve=True)
+    wandb_cfg = group.get("wandb")
+    if wandb_cfg is not None:
+        if ckpt_path and not wandb_cfg.get("id"):
+            from bertlab.tasks.init_from import safe_torch_load
+
+            wandb_cfg["id"] = safe_torch_load(Path(ckpt_path)).get("wandb_run_id")
+        try:
+            hydra_cfg = HydraConfig.get()
+            if hydra_cfg.mode == RunMode.MULTIRUN:
+                wandb_cfg["group"] = f"{cfg.task.name}-{Path(hydra_cfg.sweep.dir).name}"
+        except ValueError:
+            pass
+    return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
 
 
 @dataclass
@@ -274,8 +331,11 @@ def run(cfg: DictConfig) -> float | None:
     job = build_pretrain(cfg) if cfg.task.name == "pretrain" else build_finetune(cfg)
     datamodule, module = job.datamodule, job.module
 
-    loggers = _instantiate_all(cfg.get("logger"))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
+    ckpt_path = _resolve_ckpt_path(cfg, out_dir)
+    loggers = build_loggers(cfg, ckpt_path)
+    for logger in loggers:
+        logger.log_hyperparams(flat_config(cfg))
+    callbacks = _instantiate_all(cfg.get("callbacks")) + [RunIdentity()]
     if not loggers:
         # Without a logger there is nowhere to write the learning rate.
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
@@ -290,7 +350,7 @@ def run(cfg: DictConfig) -> float | None:
         enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
         **_plain(cfg.trainer),
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise BertlabError("training was interrupted")
 
@@ -339,6 +399,10 @@ def run(cfg: DictConfig) -> float | None:
         summary["reports"] = reports
     if trainer.is_global_zero:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.summary.update(metrics)
+                logger.experiment.save(str(out_dir / "summary.json"), base_path=str(out_dir), policy="now")
         log.info("summary: %s", json.dumps({"metrics": metrics, "run_dir": str(out_dir)}))
     monitor = cfg.task.get("monitor")
     return metrics.get(monitor) if monitor else None

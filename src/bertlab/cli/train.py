@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -37,6 +38,11 @@ _RUN_SUFFIX = f"{os.getpid() % 10000:04d}"
 
 if not OmegaConf.has_resolver("bertlab_root"):
     OmegaConf.register_new_resolver("bertlab_root", _root)
+if not OmegaConf.has_resolver("bertlab_wandb_offline"):
+    # W&B stays offline (no network, no account) unless the user asks for it.
+    OmegaConf.register_new_resolver(
+        "bertlab_wandb_offline", lambda: os.environ.get("WANDB_MODE", "offline").lower() != "online"
+    )
 if not OmegaConf.has_resolver("bertlab_pid"):
     # Two runs started in the same second must not share a run directory.
     OmegaConf.register_new_resolver("bertlab_pid", lambda: _RUN_SUFFIX)
@@ -146,9 +152,35 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return task_wrapper(cfg)
 
 
+def resume_arguments(argv: list[str]) -> list[str]:
+    """``resume=<run dir>``: the run's own overrides, its directory, and its last checkpoint, plus
+    whatever else is on the command line (e.g. a larger ``trainer.max_steps``)."""
+    given = [a for a in argv if a.startswith("resume=")]
+    if not given:
+        return argv
+    run_dir = Path(given[-1].split("=", 1)[1]).expanduser().resolve()
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        raise BertlabError(f"resume={run_dir}: not a bertlab run directory (no .hydra/overrides.yaml)")
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        raise BertlabError(f"resume={run_dir}: the run has no checkpoints/last.ckpt to resume from")
+    original = yaml.safe_load(overrides_file.read_text()) or []
+    rest = [a for a in argv if not a.startswith("resume=")]
+    keys = {a.split("=", 1)[0] for a in rest}
+    kept = [
+        o for o in original if o.split("=", 1)[0] not in keys and not o.startswith(("ckpt_path=", "resume="))
+    ]
+    return [*kept, *rest, f"hydra.run.dir={run_dir}", "ckpt_path=last"]
+
+
 def main() -> None:
     """The console script: composition errors become one line, like every other input error."""
     global _STDERR
+    try:
+        sys.argv[1:] = resume_arguments(sys.argv[1:])
+    except BertlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         _hydra_main()
         return
