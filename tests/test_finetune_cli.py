@@ -118,6 +118,13 @@ def test_classify_from_pretraining_exports_hf_classifier(compose_cfg, pretrained
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["label"] for r in rows] == [hf.config.id2label[int(i)] for i in ref.argmax(-1)]
 
+    from bertlab.cli.report import report_run
+
+    report = report_run(run_dir)
+    assert (report.parent / "curves.png").stat().st_size > 1000
+    assert (report.parent / "confusion.png").stat().st_size > 1000
+    assert "val/acc" in report.read_text()
+
 
 def test_pair_classification_uses_token_types(compose_cfg, pretrained_run, labelled):
     run_dir = _finetune(
@@ -138,6 +145,10 @@ def test_ner_from_pretraining_exports_hf_token_classifier(compose_cfg, pretraine
     )  # fmt: skip
     summary = json.loads((run_dir / "summary.json").read_text())
     assert "val/f1" in summary["metrics"] and "entity_report" in summary["reports"]
+    from bertlab.cli.report import report_run
+
+    report = report_run(run_dir)
+    assert (report.parent / "entities.png").stat().st_size > 1000 and "| person |" in report.read_text()
     hf, info = transformers.BertForTokenClassification.from_pretrained(
         run_dir / "export", output_loading_info=True
     )

@@ -45,6 +45,12 @@ def test_multirun_2x2_writes_summary_of_four_jobs(tmp_path):
     assert losses == sorted(losses)  # best first
     assert (sweep / "sweep_summary.png").stat().st_size > 1000
     assert "model=" in (sweep / "sweep_summary.md").read_text()
+    # the report command rebuilds the same summary on demand
+    from bertlab.cli.report import main as report_main
+
+    (sweep / "sweep_summary.csv").unlink()
+    report_main([str(sweep)])
+    assert len(_rows(sweep)) == 4
 
 
 def test_failed_job_is_recorded_and_sweep_goes_on(tmp_path):

@@ -15,7 +15,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bertlab.cli.callbacks import RunIdentity
 from bertlab.data.labelled import ClassifyDataModule
@@ -234,7 +234,14 @@ def build_pretrain(cfg: DictConfig) -> Job:
         optimizer=_plain(cfg.optimizer),
         compile=bool(cfg.hardware.compile),
     )
-    if pretrained is not None:
+    if pretrained is not None and pretrained.pretraining_state is not None:
+        # Continuing pretraining: the MLM and NSP heads come along with the encoder.
+        result = module.model.load_state_dict(pretrained.pretraining_state, strict=False)
+        if result.unexpected_keys or any(k.split(".")[-2] != "pooler" for k in result.missing_keys):
+            raise BertlabError(
+                f"{pretrained.source}: weights do not fit the model ({result.missing_keys[:3]})"
+            )
+    elif pretrained is not None:
         load_encoder_weights(module.model.encoder, pretrained)
     datamodule.prepare_data()
     log.info("data: %s", json.dumps(datamodule.stats()))
@@ -305,6 +312,31 @@ def _export(cfg: DictConfig, job: Job, out_dir: Path, metadata: dict[str, Any]) 
     )
 
 
+def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    kwargs = _plain(cfg.trainer)
+    if isinstance(kwargs.get("profiler"), dict):
+        kwargs["profiler"] = hydra.utils.instantiate(kwargs["profiler"])
+    return kwargs
+
+
+def print_config_tree(cfg: DictConfig, out_dir: Path) -> None:
+    """The resolved config as a tree, one branch per group, on the console and in the run dir."""
+    from rich.console import Console
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config", guide_style="dim")
+    for key in cfg:
+        if key == "hydra":
+            continue
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        tree.add(str(key)).add(Syntax(text.rstrip(), "yaml"))
+    Console().print(tree)
+    with (out_dir / "config_tree.log").open("w") as f:
+        Console(file=f, width=100, color_system=None).print(tree)
+
+
 def _metrics(results: list[dict[str, Any]] | dict[str, Any], prefixes: tuple[str, ...]) -> dict[str, float]:
     merged: dict[str, Any] = {}
     for r in results if isinstance(results, list) else [results]:
@@ -316,13 +348,76 @@ def _metrics(results: list[dict[str, Any]] | dict[str, Any], prefixes: tuple[str
     }
 
 
+def run_phases(cfg: DictConfig) -> float | None:
+    """Pretraining in phases (``task.phases``), as BERT's recipe: e.g. 90% of the steps at length
+    128, then 10% at 512. Each phase runs in ``phase<k>_<name>/`` of the run directory, starts from
+    the weights (encoder and heads) of the phase before it, and continues one learning-rate
+    schedule over ``trainer.max_steps`` in all. Running the command again (or ``resume=<run dir>``)
+    skips finished phases and resumes the unfinished one from its last checkpoint."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    phases = list(cfg.task.phases)
+    total = int(cfg.trainer.max_steps)
+    if total <= 0 and not cfg.trainer.get("fast_dev_run"):
+        raise BertlabError("task.phases needs trainer.max_steps (the steps of all phases together)")
+    fractions = [float(p.fraction) for p in phases]
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise BertlabError(f"task.phases: the fractions {fractions} must add up to 1")
+    steps = [round(f * total) for f in fractions[:-1]]
+    steps.append(total - sum(steps))
+    offset, init_from, results = 0, cfg.model.get("init_from"), []
+    for k, (phase, n) in enumerate(zip(phases, steps), start=1):
+        phase_dir = out_dir / f"phase{k}_{phase.name}"
+        if not (phase_dir / "summary.json").is_file():
+            pcfg = cfg.copy()
+            with open_dict(pcfg):
+                pcfg.task.phases = None
+                pcfg.paths.output_dir = str(phase_dir)
+                for key, value in (phase.get("data") or {}).items():
+                    pcfg.data[key] = value
+                pcfg.trainer.max_steps = n
+                pcfg.model.init_from = init_from
+                pcfg.optimizer.step_offset = offset
+                pcfg.optimizer.total_steps = total
+                pcfg.export = True
+                last = phase_dir / "checkpoints" / "last.ckpt"
+                pcfg.ckpt_path = str(last) if last.is_file() else None
+            log.info("phase %d/%d (%s): %d steps", k, len(phases), phase.name, n)
+            run(pcfg)
+        results.append(
+            {"phase": phase.name, "steps": n, **json.loads((phase_dir / "summary.json").read_text())}
+        )
+        offset += n
+        init_from = str(phase_dir)
+    final = results[-1]
+    summary = {
+        **{k: v for k, v in final.items() if k not in ("phase", "steps")},
+        "phases": [
+            {
+                "name": r["phase"],
+                "steps": r["steps"],
+                "metrics": r["metrics"],
+                "dir": str(out_dir / f"phase{i}_{r['phase']}"),
+            }
+            for i, r in enumerate(results, 1)
+        ],
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    monitor = cfg.task.get("monitor")
+    return final["metrics"].get(monitor) if monitor else None
+
+
 def run(cfg: DictConfig) -> float | None:
     """Train as ``cfg`` says; returns the monitored metric (for sweeps)."""
+    if cfg.task.get("phases"):
+        return run_phases(cfg)
     started = time.time()
     validate_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.get("print_config", True):
+        print_config_tree(cfg, out_dir)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     torch.set_float32_matmul_precision(str(cfg.hardware.matmul_precision))
     if cfg.hardware.get("threads"):
@@ -336,6 +431,8 @@ def run(cfg: DictConfig) -> float | None:
     for logger in loggers:
         logger.log_hyperparams(flat_config(cfg))
     callbacks = _instantiate_all(cfg.get("callbacks")) + [RunIdentity()]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     if not loggers:
         # Without a logger there is nowhere to write the learning rate.
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
@@ -348,7 +445,7 @@ def run(cfg: DictConfig) -> float | None:
         default_root_dir=str(out_dir),
         use_distributed_sampler=False,  # the data modules shard by rank themselves
         enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
-        **_plain(cfg.trainer),
+        **_trainer_kwargs(cfg),
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
@@ -364,6 +461,9 @@ def run(cfg: DictConfig) -> float | None:
         metrics = _metrics(
             trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False), ("val/",)
         )
+    elif not metrics and not fast:
+        # No validation ran during training (a run shorter than val_check_interval): run one now.
+        metrics = _metrics(trainer.validate(module, datamodule=datamodule, verbose=False), ("val/",))
     has_test = cfg.task.name != "pretrain" and cfg.data.get("test_file")
     if has_test:
         results = trainer.test(

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from bertlab.encoder import BertConfig, encoder_from_hf
+from bertlab.encoder import BertConfig, encoder_from_hf, pretraining_from_hf
 from bertlab.errors import BertlabError
 
 TOKENIZER_MARKERS = ("tokenizer.json", "vocab.txt")
@@ -32,6 +32,8 @@ class Pretrained:
     source: Path
     metadata: dict[str, Any] = field(default_factory=dict)
     head_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    # the whole BertForPretraining state (our names) when the source is a pretraining model
+    pretraining_state: dict[str, torch.Tensor] | None = None
 
 
 def safe_torch_load(path: Path) -> Any:
@@ -82,7 +84,12 @@ def _load_hf_dir(path: Path) -> Pretrained:
     if raw.get("id2label"):
         metadata.setdefault("labels", [raw["id2label"][str(i)] for i in range(len(raw["id2label"]))])
     metadata["architectures"] = raw.get("architectures") or []
-    return Pretrained(config, encoder_state, missing, _tokenizer_beside(path), path, metadata, head_state)
+    pretraining_state = None
+    if "cls.seq_relationship.weight" in state:
+        pretraining_state, _ = pretraining_from_hf(state, config)
+    return Pretrained(
+        config, encoder_state, missing, _tokenizer_beside(path), path, metadata, head_state, pretraining_state
+    )
 
 
 def _load_ckpt(path: Path) -> Pretrained:
@@ -91,7 +98,9 @@ def _load_ckpt(path: Path) -> Pretrained:
         raise BertlabError(f"{path}: not a Lightning checkpoint (no state_dict)")
     hparams = ckpt.get("hyper_parameters") or {}
     if "model_config" not in hparams:
-        raise BertlabError(f"{path}: checkpoint has no model_config in its hyper_parameters (not a bertlab checkpoint)")
+        raise BertlabError(
+            f"{path}: checkpoint has no model_config in its hyper_parameters (not a bertlab checkpoint)"
+        )
     config = BertConfig(**hparams["model_config"])
     state = ckpt["state_dict"]
     # Pretraining keeps the encoder at model.encoder.*, fine-tuning tasks at encoder.*.
@@ -110,7 +119,8 @@ def _load_ckpt(path: Path) -> Pretrained:
     metadata = {k: hparams[k] for k in ("label_names", "problem_type", "pooling", "scheme") if k in hparams}
     if "label_names" in metadata:
         metadata["labels"] = metadata.pop("label_names")
-    return Pretrained(config, encoder_state, [], tokenizer_dir, path, metadata, head_state)
+    pretraining_state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")} or None
+    return Pretrained(config, encoder_state, [], tokenizer_dir, path, metadata, head_state, pretraining_state)
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
@@ -121,7 +131,9 @@ def load_pretrained(path: str | Path) -> Pretrained:
         raise BertlabError(f"model.init_from: {p} does not exist")
     if p.is_file():
         if p.suffix != ".ckpt":
-            raise BertlabError(f"model.init_from: {p} is a file but not a .ckpt; give a checkpoint or a directory")
+            raise BertlabError(
+                f"model.init_from: {p} is a file but not a .ckpt; give a checkpoint or a directory"
+            )
         return _load_ckpt(p)
     if (p / "config.json").is_file():
         return _load_hf_dir(p)

@@ -59,14 +59,20 @@ def warmup_steps_for(cfg: dict[str, Any], total_steps: int) -> int:
 
 
 def linear_warmup_decay(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, final_lr_fraction: float = 0.0
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    final_lr_fraction: float = 0.0,
+    step_offset: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Learning rate rises linearly from 0 to its peak over ``warmup_steps``, then falls linearly
-    to ``final_lr_fraction`` of the peak at ``total_steps``."""
+    to ``final_lr_fraction`` of the peak at ``total_steps``. ``step_offset`` starts the schedule
+    part-way (a later phase of a multi-phase run continues the same schedule)."""
     total_steps = max(1, total_steps)
     warmup_steps = min(max(0, warmup_steps), total_steps)
 
-    def factor(step: int) -> float:
+    def factor(local_step: int) -> float:
+        step = local_step + step_offset
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         remaining = max(0, total_steps - step) / max(1, total_steps - warmup_steps)
@@ -78,10 +84,13 @@ def linear_warmup_decay(
 def configure(model: nn.Module, cfg: dict[str, Any], total_steps: int) -> dict[str, Any]:
     """What a LightningModule's ``configure_optimizers`` returns."""
     optimizer = build_optimizer(model, cfg)
+    # A phase of a multi-phase run: the schedule spans all phases and this one starts at an offset.
+    total_steps = int(cfg.get("total_steps") or total_steps)
     scheduler = linear_warmup_decay(
         optimizer,
         warmup_steps_for(cfg, total_steps),
         total_steps,
         float(cfg.get("final_lr_fraction", 0.0)),
+        int(cfg.get("step_offset") or 0),
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
