@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bertlab.cli.callbacks import RunIdentity
+from bertlab.cli.callbacks import AtomicCheckpointIO, NonFiniteGuard, RunIdentity, SaveOnInterrupt
 from bertlab.data.labelled import ClassifyDataModule
 from bertlab.data.ner import NerDataModule
 from bertlab.data.pretrain import PretrainDataModule
@@ -132,6 +132,15 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
+def _log_export_artifact(logger: WandbLogger, export_dir: Path, task: str, metrics: dict[str, float]) -> None:
+    """The HF export as a W&B model artifact (``logger.wandb.log_export=true``)."""
+    import wandb
+
+    artifact = wandb.Artifact(f"{task}-{logger.experiment.id}", type="model", metadata={"metrics": metrics})
+    artifact.add_dir(str(export_dir))
+    logger.experiment.log_artifact(artifact)
+
+
 def flat_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as ``{"a/b/c": value}`` (what dashboards can filter and group on)."""
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -157,11 +166,29 @@ def _resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
     if not value:
         return None
     if value == "last":
-        path = out_dir / "checkpoints" / "last.ckpt"
-        return str(path) if path.is_file() else None
+        return _last_good_checkpoint(out_dir / "checkpoints")
     if not Path(value).is_file():
         raise BertlabError(f"ckpt_path={value}: no such checkpoint")
     return str(value)
+
+
+def _last_good_checkpoint(folder: Path) -> str | None:
+    """``last.ckpt``, or, when it is truncated or corrupt, the newest checkpoint that loads."""
+    from bertlab.tasks.init_from import safe_torch_load
+
+    if not folder.is_dir():
+        return None
+    candidates = sorted(folder.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
+    for path in candidates:
+        try:
+            safe_torch_load(path)
+        except BertlabError as e:
+            log.warning("%s cannot be used (%s); trying an earlier checkpoint", path, e)
+            continue
+        if path.name != "last.ckpt":
+            log.warning("resuming from %s instead of a broken last.ckpt", path)
+        return str(path)
+    return None
 
 
 def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
@@ -172,6 +199,7 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
     group = OmegaConf.to_container(group, resolve=True)
     wandb_cfg = group.get("wandb")
     if wandb_cfg is not None:
+        wandb_cfg.pop("log_export", None)  # ours, not WandbLogger's (see _log_export_artifact)
         if ckpt_path and not wandb_cfg.get("id"):
             from bertlab.tasks.init_from import safe_torch_load
 
@@ -430,7 +458,9 @@ def run(cfg: DictConfig) -> float | None:
     loggers = build_loggers(cfg, ckpt_path)
     for logger in loggers:
         logger.log_hyperparams(flat_config(cfg))
-    callbacks = _instantiate_all(cfg.get("callbacks")) + [RunIdentity()]
+    guard = NonFiniteGuard(str(cfg.get("nonfinite", "skip")))
+    interrupt = SaveOnInterrupt(str(out_dir / "checkpoints"))
+    callbacks = _instantiate_all(cfg.get("callbacks")) + [RunIdentity(), guard, interrupt]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     if not loggers:
@@ -444,12 +474,16 @@ def run(cfg: DictConfig) -> float | None:
         callbacks=callbacks,
         default_root_dir=str(out_dir),
         use_distributed_sampler=False,  # the data modules shard by rank themselves
+        plugins=[AtomicCheckpointIO()],
         enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
         **_trainer_kwargs(cfg),
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
-        raise BertlabError("training was interrupted")
+        saved = f"checkpoint saved: {interrupt.saved}; " if interrupt.saved else ""
+        raise BertlabError(
+            f"training was interrupted at step {trainer.global_step}; {saved}resume with: bertlab-train resume={out_dir}"
+        )
 
     checkpoint = trainer.checkpoint_callback
     best = getattr(checkpoint, "best_model_path", "") or ""
@@ -502,6 +536,8 @@ def run(cfg: DictConfig) -> float | None:
         for logger in loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.summary.update(metrics)
+                if export_dir and cfg.logger.wandb.get("log_export"):
+                    _log_export_artifact(logger, export_dir, cfg.task.name, metrics)
                 logger.experiment.save(str(out_dir / "summary.json"), base_path=str(out_dir), policy="now")
         log.info("summary: %s", json.dumps({"metrics": metrics, "run_dir": str(out_dir)}))
     monitor = cfg.task.get("monitor")

@@ -20,6 +20,7 @@ import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from bertlab.errors import BertlabError
@@ -112,6 +113,12 @@ def task_wrapper(cfg: DictConfig) -> float | None:
         return run(cfg)
     except BertlabError as e:
         return _fail(str(e), status=2)
+    except SIGTERMException:
+        out = HydraConfig.get().runtime.output_dir
+        return _fail(
+            f"received SIGTERM; last checkpoint in {out}/checkpoints; resume with: bertlab-train resume={out}",
+            143,
+        )
     except Exception as e:  # a bug, not bad input: keep the traceback in the run's log
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
