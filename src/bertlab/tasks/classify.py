@@ -39,19 +39,11 @@ from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanC
 from bertlab.encoder import BertConfig, BertEncoder, SequenceClassificationHead
 from bertlab.errors import BertlabError
 from bertlab.tasks import optim
+from bertlab.tasks.hparams import plain
 
 __all__ = ["PROBLEM_TYPES", "ClassifyModule", "collect_predictions", "make_metrics"]
 
 PROBLEM_TYPES = ("single_label", "multi_label", "regression")
-
-
-def _plain(value: Any) -> Any:
-    """Mappings to dicts and sequences to lists, recursively (e.g. an omegaconf DictConfig)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [_plain(v) for v in value]
-    return value
 
 
 def make_metrics(problem_type: str, num_labels: int) -> tuple[dict[str, Metric], Metric | None]:
@@ -100,9 +92,9 @@ class ClassifyModule(L.LightningModule):
         super().__init__()
         # Plain values (a Hydra DictConfig would not load with weights_only=True); save_hyperparameters
         # reads these locals.
-        model_config = _plain(model_config)
-        optimizer = _plain(optimizer)
-        label_names = [str(x) for x in _plain(label_names)]
+        model_config = plain(model_config)
+        optimizer = plain(optimizer)
+        label_names = [str(x) for x in plain(label_names)]
         num_labels = int(num_labels)
         problem_type = str(problem_type)
         pooling = str(pooling)

@@ -12,7 +12,7 @@ or strict mode.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from bertlab.encoder import IGNORE_INDEX, BertConfig, BertEncoder, TokenClassifi
 from bertlab.errors import BertlabError
 from bertlab.tagging import EntityCounts, canonical_scheme
 from bertlab.tasks import optim
+from bertlab.tasks.hparams import plain
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +94,6 @@ class WordPredictionAssembler:
         return done
 
 
-def _plain(value: Any) -> Any:
-    """Mappings to dicts and sequences to lists, recursively (e.g. an omegaconf DictConfig)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [_plain(v) for v in value]
-    return value
-
-
 class NerModule(L.LightningModule):
     """BERT encoder + token classification head, scored by entities.
 
@@ -122,13 +114,13 @@ class NerModule(L.LightningModule):
         strict: bool = False,
     ) -> None:
         super().__init__()
-        model_config = _plain(model_config)
+        model_config = plain(model_config)
         label_names = [str(t) for t in label_names]
         # Plain dicts and lists (a Hydra DictConfig would not load with weights_only=True).
         self.save_hyperparameters(
             {
                 "model_config": model_config,
-                "optimizer": _plain(optimizer),
+                "optimizer": plain(optimizer),
                 "label_names": label_names,
                 "scheme": scheme,
                 "classifier_dropout": float(classifier_dropout),
