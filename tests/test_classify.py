@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 
 from bertlab.data.labelled import (
     ClassifyDataModule,
-    GroupedDataLoader,
     LengthGroupedBatchSampler,
     read_table,
     read_table_with_locations,
     sort_labels,
     truncate_pair,
 )
+from bertlab.data.sampler import ResumableDataLoader
 from bertlab.data.tokenizer import load_tokenizer, train_wordpiece
 from bertlab.errors import BertlabError
 from bertlab.tasks.classify import ClassifyModule, collect_predictions, make_metrics
@@ -300,10 +300,10 @@ def test_grouped_loader_state_counts_received_batches() -> None:
         for i in range(50)
     ]
 
-    def loader() -> GroupedDataLoader:
+    def loader() -> ResumableDataLoader:
         lengths = [len(r["input_ids"]) for r in data]
-        return GroupedDataLoader(
-            data, LengthGroupedBatchSampler(lengths, 4, seed=0), collate_fn=lambda rows: rows
+        return ResumableDataLoader(
+            data, batch_sampler=LengthGroupedBatchSampler(lengths, 4, seed=0), collate_fn=lambda rows: rows
         )
 
     full = [[r["index"] for r in b] for b in loader()]
@@ -313,7 +313,7 @@ def test_grouped_loader_state_counts_received_batches() -> None:
     state = first.state_dict()
     assert state["consumed"] == 6 and state["epoch"] == 0
     second = loader()
-    second.grouped_sampler.set_epoch(0)  # Lightning calls set_epoch before iterating
+    second.batch_sampler.set_epoch(0)  # Lightning calls set_epoch before iterating
     second.load_state_dict(state)
     assert head + [[r["index"] for r in b] for b in second] == full
     assert second.state_dict() == {"epoch": 1, "consumed": 0, "seed": 0}

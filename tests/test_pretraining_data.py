@@ -228,7 +228,7 @@ def test_loader_resume_mid_epoch_continues_exactly(stop_after):
     full = []
     ref = _loader()
     for epoch in range(2):
-        ref.resumable_sampler.set_epoch(epoch)
+        ref.sampler.set_epoch(epoch)
         full.extend(_key(b) for b in ref)
 
     first = _loader()
@@ -240,9 +240,9 @@ def test_loader_resume_mid_epoch_continues_exactly(stop_after):
 
     resumed = _loader()
     resumed.load_state_dict(state)
-    resumed.resumable_sampler.set_epoch(0)
+    resumed.sampler.set_epoch(0)
     got.extend(_key(b) for b in resumed)
-    resumed.resumable_sampler.set_epoch(1)
+    resumed.sampler.set_epoch(1)
     got.extend(_key(b) for b in resumed)
     assert got == full
 
@@ -251,3 +251,16 @@ def test_sampler_shards_by_rank():
     a = list(ResumableSampler(20, 0, rank=0, world_size=2))
     b = list(ResumableSampler(20, 0, rank=1, world_size=2))
     assert not set(a) & set(b) and len(a) == len(b) == 10
+
+
+def test_tokenizer_training_is_deterministic(tmp_path):
+    """The trainer breaks frequency ties in hash order; the saved vocabulary must not depend on it."""
+    from bertlab.data.default_corpus import generate_documents
+    from bertlab.data.tokenizer import train_wordpiece
+
+    lines = [line for doc in generate_documents(80, seed=7) for line in doc]
+    vocabs = {
+        (train_wordpiece(iter(lines), tmp_path / f"t{i}", vocab_size=300) / "vocab.txt").read_text()
+        for i in range(4)
+    }
+    assert len(vocabs) == 1

@@ -12,11 +12,15 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from bertlab.data.sampler import ResumableDataLoader
 from bertlab.errors import BertlabError
 
 
 class RunIdentity(L.Callback):
-    """Keeps the W&B run id in every checkpoint, so a resumed run continues the same W&B run."""
+    """What a resumed run needs beyond Lightning's own state: the W&B run id (so the same W&B run
+    continues), torch's random-number state (so dropout draws the same masks as if the run had
+    never stopped; the data pipeline seeds its own randomness per sequence), and the training
+    loop's true position in the epoch (see :meth:`ResumableDataLoader.note_batch_started`)."""
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -24,6 +28,27 @@ class RunIdentity(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 checkpoint["wandb_run_id"] = str(logger.version)
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["bertlab_rng"] = rng
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        rng = checkpoint.get("bertlab_rng")
+        if not rng:
+            return
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        loader = trainer.train_dataloader
+        if isinstance(loader, ResumableDataLoader):
+            loader.note_batch_started()
 
 
 class NonFiniteGuard(L.Callback):

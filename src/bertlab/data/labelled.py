@@ -53,7 +53,6 @@ __all__ = [
     "ClassifyDataModule",
     "EncodedDataset",
     "FixedBatchSampler",
-    "GroupedDataLoader",
     "LengthGroupedBatchSampler",
     "RowLocator",
     "detect_format",
@@ -634,50 +633,6 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.seed = int(state.get("seed", self.seed))
 
 
-class GroupedDataLoader(DataLoader):
-    """A DataLoader over a :class:`LengthGroupedBatchSampler` whose position is in Lightning's checkpoint.
-
-    As :class:`~bertlab.data.sampler.ResumableDataLoader`: the position counts batches the training
-    loop has *received* (with workers the sampler runs ahead), in batches rather than rows.
-    """
-
-    def __init__(
-        self, dataset: TorchDataset, batch_sampler: LengthGroupedBatchSampler, **kwargs: Any
-    ) -> None:
-        super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
-        self._batches_received = 0
-        self._epoch_seen = batch_sampler.epoch
-        self._restored: dict[str, int] | None = None
-
-    @property
-    def grouped_sampler(self) -> LengthGroupedBatchSampler:
-        return self.batch_sampler  # type: ignore[return-value]
-
-    def __iter__(self) -> Iterator[Any]:
-        sampler = self.grouped_sampler
-        if self._restored is not None:
-            # Lightning may already have called set_epoch for this epoch; the saved position wins
-            # unless it belongs to an earlier epoch.
-            if int(self._restored["epoch"]) >= sampler.epoch:
-                sampler.load_state_dict(self._restored)
-            self._restored = None
-        self._epoch_seen = sampler.epoch
-        self._batches_received = sampler.consumed
-        for batch in super().__iter__():
-            self._batches_received += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        s = self.grouped_sampler
-        if self._batches_received >= len(s):
-            # The epoch is over: resume at the start of the next one.
-            return {"epoch": self._epoch_seen + 1, "consumed": 0, "seed": s.seed}
-        return {"epoch": self._epoch_seen, "consumed": self._batches_received, "seed": s.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self._restored = dict(state)
-
-
 class FixedBatchSampler(Sampler[list[int]]):
     """The same batches every time: rows sorted by length (longest first) when ``by_length``, else in
     file order. For evaluation and prediction, where order does not matter (rows carry ``index``)."""
@@ -1025,7 +980,7 @@ class ClassifyDataModule(L.LightningDataModule):
             batch_sampler = LengthGroupedBatchSampler(
                 self.train_set.lengths, self.batch_size, seed=self.seed, rank=rank, world_size=world
             )
-            loader = GroupedDataLoader(self.train_set, batch_sampler, **common)
+            loader = ResumableDataLoader(self.train_set, batch_sampler=batch_sampler, **common)
         else:
             sampler = ResumableSampler(
                 len(self.train_set), seed=self.seed, shuffle=True, rank=rank, world_size=world

@@ -69,50 +69,66 @@ class ResumableSampler(Sampler[int]):
 
 
 class ResumableDataLoader(DataLoader):
-    """A DataLoader whose position is part of Lightning's checkpoint.
+    """A DataLoader whose position in the epoch is part of Lightning's checkpoint.
 
-    Lightning saves ``state_dict()`` of a stateful train dataloader and calls ``load_state_dict`` on
-    resume. The position counts batches the training loop has *received*: with worker processes
-    the sampler runs ahead (prefetching), so the sampler's own counter cannot be used.
+    Lightning saves ``state_dict()`` of a stateful train dataloader and calls ``load_state_dict``
+    on resume. The position is counted in batches: batches the training loop has *started* when a
+    loop tells the loader (:meth:`note_batch_started`, called by bertlab's ``RunIdentity``
+    callback), else batches handed out. Neither the sampler's own counter (worker processes make
+    it run ahead) nor batches handed out (Lightning fetches one batch ahead) would be exact.
+
+    It works with a :class:`ResumableSampler` (``batch_size=`` given; its position is in samples)
+    or with a batch sampler that has the same ``epoch``/``consumed``/``seed`` state in batches.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Starting an iterator draws a base seed; from a generator of its own, so that it does not
+        # move torch's global random state (dropout's) differently in a resumed run.
+        kwargs.setdefault("generator", torch.Generator().manual_seed(0))
         super().__init__(*args, **kwargs)
-        if not isinstance(self.batch_sampler.sampler, ResumableSampler):
-            raise TypeError("ResumableDataLoader needs a ResumableSampler")
-        self._batches_received = 0
-        self._epoch_seen = self.sampler.epoch
+        if self.batch_size is None:  # a batch sampler of our own: positions in batches
+            self._source, self._unit = self.batch_sampler, 1
+        else:
+            self._source, self._unit = self.batch_sampler.sampler, self.batch_size
+        for attr in ("epoch", "consumed", "seed", "load_state_dict"):
+            if not hasattr(self._source, attr):
+                raise TypeError(f"ResumableDataLoader needs a resumable sampler (no {attr!r})")
+        self._epoch_seen = self._source.epoch
+        self._received = 0
+        self._start_position = 0
+        self._started: int | None = None
         self._restored: dict[str, int] | None = None
 
-    @property
-    def resumable_sampler(self) -> ResumableSampler:
-        return self.batch_sampler.sampler
-
     def __iter__(self) -> Iterator[Any]:
-        sampler = self.resumable_sampler
+        source = self._source
         if self._restored is not None:
             # Lightning may already have called set_epoch for this epoch; the saved position wins
             # unless it belongs to an earlier epoch.
-            if int(self._restored["epoch"]) >= sampler.epoch:
-                sampler.load_state_dict(self._restored)
+            if int(self._restored["epoch"]) >= source.epoch:
+                source.load_state_dict(self._restored)
             self._restored = None
-        epoch = sampler.epoch
-        self._batches_received = sampler.consumed // self.batch_size if self.batch_size else 0
-        collate = self.collate_fn
-        if hasattr(collate, "epoch"):
-            collate.epoch = epoch
+        self._epoch_seen = source.epoch
+        self._start_position = source.consumed // self._unit
+        self._received = self._start_position
+        self._started = None
+        if hasattr(self.collate_fn, "epoch"):
+            self.collate_fn.epoch = source.epoch  # dynamic masking draws anew each epoch
         for batch in super().__iter__():
-            self._batches_received += 1
-            self._epoch_seen = epoch
+            self._received += 1
             yield batch
 
+    def note_batch_started(self) -> None:
+        """The training loop started one more batch of this epoch."""
+        if self._started is None:
+            self._started = self._start_position  # batches done before this iteration began
+        self._started += 1
+
     def state_dict(self) -> dict[str, int]:
-        s = self.resumable_sampler
-        consumed = min(self._batches_received * (self.batch_size or 1), len(s))
-        if consumed >= len(s) - (len(s) % self.batch_size if self.drop_last and self.batch_size else 0):
+        done = self._started if self._started is not None else self._received
+        if done >= len(self):
             # The epoch is over: resume at the start of the next one.
-            return {"epoch": self._epoch_seen + 1, "consumed": 0, "seed": s.seed}
-        return {"epoch": self._epoch_seen, "consumed": consumed, "seed": s.seed}
+            return {"epoch": self._epoch_seen + 1, "consumed": 0, "seed": self._source.seed}
+        return {"epoch": self._epoch_seen, "consumed": done * self._unit, "seed": self._source.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._restored = dict(state)

@@ -115,6 +115,20 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _canonical_order(tok: Tokenizer, lowercase: bool, strip: bool, handle_chinese_chars: bool) -> Tokenizer:
+    """The same vocabulary with ids in a fixed order: special tokens, then whole-word pieces, then
+    ``##`` pieces, each sorted. The trainer breaks ties between equally frequent tokens in hash
+    order, which changes from one process to the next; WordPiece splits text by the *set* of
+    tokens, so sorting changes no tokenization and makes the same corpus give the same ids."""
+    vocab = tok.get_vocab(with_added_tokens=False)
+    rest = sorted((t for t in vocab if t not in SPECIAL_TOKENS), key=lambda t: (t.startswith("##"), t))
+    ordered = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *rest])}
+    out = Tokenizer(WordPiece(ordered, unk_token=UNK, continuing_subword_prefix="##"))
+    out = _bert_pipeline(out, lowercase, strip, handle_chinese_chars)
+    out.add_special_tokens(list(SPECIAL_TOKENS))
+    return out
+
+
 def train_wordpiece(
     texts: Iterable[str],
     out_dir: str | os.PathLike[str],
@@ -189,6 +203,7 @@ def train_wordpiece(
     ids = [tok.token_to_id(t) for t in SPECIAL_TOKENS]
     if ids != list(range(len(SPECIAL_TOKENS))):
         raise RuntimeError(f"special token ids are {ids}, expected 0..4")  # a bug, not user input
+    tok = _canonical_order(tok, lowercase, strip, handle_chinese_chars)
     _set_post_processor(tok)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

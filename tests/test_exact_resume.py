@@ -1,0 +1,117 @@
+"""Kill a run anywhere, resume it, and it continues as if nothing happened: every per-step loss
+logged after the resume equals the uninterrupted run's, bitwise (CPU, one thread)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+COMMON = [
+    "trainer.max_steps=24",
+    "trainer.val_check_interval=8",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "callbacks.periodic_checkpoint.every_n_train_steps=3",
+    "data.generated_documents=80",
+    "data.max_seq_length=32",
+    "data.batch_size=4",
+    "tokenizer.vocab_size=300",
+    "hardware.threads=1",
+    "print_config=false",
+]
+
+
+def _losses(run_dir: Path) -> dict[int, str]:
+    """step -> train/loss as written (text, so the comparison is bitwise)."""
+    out: dict[int, str] = {}
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        for row in csv.DictReader(f):
+            if row.get("train/loss"):
+                out[int(row["step"])] = row["train/loss"]
+    return out
+
+
+def _env(root: Path) -> dict[str, str]:
+    return {**os.environ, "BERTLAB_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+
+
+def _run(args: list[str], root: Path) -> Path:
+    res = subprocess.run([sys.executable, "-m", "bertlab.cli.train", *args], env=_env(root), cwd=REPO,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """One root (and so one tokenizer and data cache) for the reference and the killed runs."""
+    return tmp_path_factory.mktemp("resume_root")
+
+
+def _runs(root: Path) -> set[Path]:
+    runs = root / "logs" / "pretrain" / "runs"
+    return set(runs.iterdir()) if runs.exists() else set()
+
+
+@pytest.fixture(scope="module")
+def reference(root) -> dict[int, str]:
+    before = _runs(root)
+    _run(COMMON, root)
+    (run_dir,) = _runs(root) - before
+    losses = _losses(run_dir)
+    assert sorted(losses) == list(range(24))
+    return losses
+
+
+def _kill_after_checkpoint_at(root: Path, step: int, sig: int) -> Path:
+    before = _runs(root)
+    proc = subprocess.Popen([sys.executable, "-m", "bertlab.cli.train", *COMMON], env=_env(root), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            found = [p for d in _runs(root) - before for p in d.glob("checkpoints/last*.ckpt")]
+            done = [p for p in found if _ckpt_step(p) >= step]
+            if done:
+                proc.send_signal(sig)
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("no checkpoint in time")
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (run_dir,) = _runs(root) - before
+    return run_dir
+
+
+def _ckpt_step(path: Path) -> int:
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except Exception:
+        return -1
+
+
+@pytest.mark.parametrize("kill_step, sig", [(3, signal.SIGKILL), (9, signal.SIGKILL), (12, signal.SIGTERM)])
+def test_killed_run_resumes_with_identical_losses(root, reference, kill_step, sig):
+    run_dir = _kill_after_checkpoint_at(root, kill_step, sig)
+    _run([f"resume={run_dir}"], root)
+    resumed = _losses(run_dir)
+    assert max(resumed) == 23
+    after = [s for s in resumed if s >= kill_step]
+    assert after, resumed
+    for s in after:
+        assert resumed[s] == reference[s], (s, resumed[s], reference[s])
