@@ -15,19 +15,34 @@ import pytest
 
 from tests.conftest import REPO
 
-COMMON = [
+TRAINER = [
     "trainer.max_steps=24",
     "trainer.val_check_interval=8",
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
     "callbacks.periodic_checkpoint.every_n_train_steps=3",
-    "data.generated_documents=80",
     "data.max_seq_length=32",
     "data.batch_size=4",
-    "tokenizer.vocab_size=300",
     "hardware.threads=1",
     "print_config=false",
 ]
+
+
+def _task_args(task: str, root: Path) -> list[str]:
+    if task == "pretrain":
+        return [*TRAINER, "data.generated_documents=80", "tokenizer.vocab_size=300"]
+    # Fine-tuning from random weights with a small tokenizer of our own, on a small table.
+    from bertlab.data.tokenizer import train_wordpiece
+
+    words = ["good", "bad", "film", "plot", "actor", "scene", "dull", "great", "long", "short"]
+    rows = ["sentence\tlabel"] + [
+        f"{words[i % 10]} {words[(i * 3) % 10]} {words[(i * 7) % 10]} {i}\t{i % 2}" for i in range(200)
+    ]
+    (root / "train.tsv").write_text("\n".join(rows) + "\n")
+    if not (root / "tok" / "vocab.txt").exists():
+        train_wordpiece([" ".join(words)] * 4 + [str(i) for i in range(200)], root / "tok", vocab_size=300)
+    return [*TRAINER, "task=classify", "data=csv", f"data.train_file={root / 'train.tsv'}",
+            f"data.validation_file={root / 'train.tsv'}", f"tokenizer.path={root / 'tok'}"]  # fmt: skip
 
 
 def _losses(run_dir: Path) -> dict[int, str]:
@@ -51,30 +66,32 @@ def _run(args: list[str], root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory) -> Path:
-    """One root (and so one tokenizer and data cache) for the reference and the killed runs."""
-    return tmp_path_factory.mktemp("resume_root")
+@pytest.fixture(scope="module", params=["pretrain", "classify"])
+def job(request, tmp_path_factory) -> tuple[Path, list[str]]:
+    """(root, arguments) of a task: one root (one tokenizer and data cache) for its reference
+    and killed runs."""
+    root = tmp_path_factory.mktemp(f"resume_{request.param}")
+    return root, _task_args(request.param, root)
 
 
 def _runs(root: Path) -> set[Path]:
-    runs = root / "logs" / "pretrain" / "runs"
-    return set(runs.iterdir()) if runs.exists() else set()
+    return set(root.glob("logs/*/runs/*"))
 
 
 @pytest.fixture(scope="module")
-def reference(root) -> dict[int, str]:
+def reference(job) -> dict[int, str]:
+    root, args = job
     before = _runs(root)
-    _run(COMMON, root)
+    _run(args, root)
     (run_dir,) = _runs(root) - before
     losses = _losses(run_dir)
     assert sorted(losses) == list(range(24))
     return losses
 
 
-def _kill_after_checkpoint_at(root: Path, step: int, sig: int) -> Path:
+def _kill_after_checkpoint_at(root: Path, args: list[str], step: int, sig: int) -> Path:
     before = _runs(root)
-    proc = subprocess.Popen([sys.executable, "-m", "bertlab.cli.train", *COMMON], env=_env(root), cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "bertlab.cli.train", *args], env=_env(root), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
     try:
@@ -105,9 +122,18 @@ def _ckpt_step(path: Path) -> int:
         return -1
 
 
-@pytest.mark.parametrize("kill_step, sig", [(3, signal.SIGKILL), (9, signal.SIGKILL), (12, signal.SIGTERM)])
-def test_killed_run_resumes_with_identical_losses(root, reference, kill_step, sig):
-    run_dir = _kill_after_checkpoint_at(root, kill_step, sig)
+# One kill point in the default suite, all three in the slow one (make test-slow).
+KILLS = [
+    pytest.param(3, signal.SIGKILL, marks=pytest.mark.slow),
+    (9, signal.SIGKILL),
+    pytest.param(12, signal.SIGTERM, marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("kill_step, sig", KILLS)
+def test_killed_run_resumes_with_identical_losses(job, reference, kill_step, sig):
+    root, args = job
+    run_dir = _kill_after_checkpoint_at(root, args, kill_step, sig)
     _run([f"resume={run_dir}"], root)
     resumed = _losses(run_dir)
     assert max(resumed) == 23
