@@ -408,8 +408,7 @@ def run_phases(cfg: DictConfig) -> float | None:
                 pcfg.optimizer.step_offset = offset
                 pcfg.optimizer.total_steps = total
                 pcfg.export = True
-                last = phase_dir / "checkpoints" / "last.ckpt"
-                pcfg.ckpt_path = str(last) if last.is_file() else None
+                pcfg.ckpt_path = "last"  # this phase's own last good checkpoint, if it has one
             log.info("phase %d/%d (%s): %d steps", k, len(phases), phase.name, n)
             run(pcfg)
         results.append(
