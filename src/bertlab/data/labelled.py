@@ -738,7 +738,6 @@ class ClassifyDataModule(L.LightningDataModule):
         self._raw: dict[str, tuple[list[str], list[str] | None, list[Any], RowLocator]] = {}
         self._sets: dict[str, EncodedDataset] = {}
         self.predict_set: EncodedDataset | None = None
-        self._train_loader: DataLoader | None = None
 
     # ------------------------------------------------------------------------- labels
 
@@ -988,7 +987,6 @@ class ClassifyDataModule(L.LightningDataModule):
             loader = ResumableDataLoader(
                 self.train_set, batch_size=self.batch_size, sampler=sampler, **common
             )
-        self._train_loader = loader
         return loader
 
     def _eval_loader(self, dataset: EncodedDataset) -> DataLoader:

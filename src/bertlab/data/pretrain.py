@@ -180,7 +180,6 @@ class PretrainDataModule(L.LightningDataModule):
         self.val_set: InstanceDataset | None = None
         self._tokenizer_dir: Path | None = None
         self._data_dir: Path | None = None
-        self._train_loader: ResumableDataLoader | None = None
 
     # ----------------------------------------------------------------------------- corpus
 
@@ -422,7 +421,7 @@ class PretrainDataModule(L.LightningDataModule):
         sampler = ResumableSampler(
             len(self.train_set), seed=self.seed, shuffle=True, rank=rank, world_size=world
         )
-        loader = ResumableDataLoader(
+        return ResumableDataLoader(
             self.train_set,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -432,8 +431,6 @@ class PretrainDataModule(L.LightningDataModule):
             drop_last=True,
             persistent_workers=False,
         )
-        self._train_loader = loader
-        return loader
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"
