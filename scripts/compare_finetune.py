@@ -714,6 +714,30 @@ def _per_epoch_csv(path: Path) -> list[dict[str, float]]:
     return out
 
 
+def _run_measured(
+    cmd: list[str], log_path: Path, **kw: Any
+) -> tuple[subprocess.CompletedProcess, dict[str, Any]]:
+    """Run ``cmd`` (output to ``log_path``); its wall time, its CPU time (user + sys of the process
+    and its children) and the 1-minute load average before and after (other work on the machine)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_before = os.getloadavg()[0]
+    started = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, **kw)
+    wall = time.time() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc, {
+        "total_wall_s": wall,
+        "cpu_s": cpu,
+        "loadavg_1min_before": load_before,
+        "loadavg_1min_after": os.getloadavg()[0],
+        "started": started,
+    }
+
+
 def run_bertlab(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"compare_{args.task}_bertlab_"))
     timer_path = root / "fit_timer.json"
@@ -722,15 +746,9 @@ def run_bertlab(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any
     env["BERTLAB_ROOT"] = str(root)
     log_path = Path(args.log_dir) / f"{args.task}_bertlab.log"
     print(f"[bertlab] {shlex.join(cmd)}  (log: {log_path})", file=sys.stderr, flush=True)
-    started = time.time()
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-    total = time.time() - started
-    result: dict[str, Any] = {
-        "command": shlex.join(cmd),
-        "returncode": proc.returncode,
-        "total_wall_s": total,
-    }
+    proc, measured = _run_measured(cmd, log_path, env=env, cwd=root)
+    started = measured.pop("started")
+    result: dict[str, Any] = {"command": shlex.join(cmd), "returncode": proc.returncode, **measured}
     summaries = sorted(root.glob("logs/*/runs/*/summary.json"))
     if proc.returncode != 0 or not summaries:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
@@ -787,15 +805,9 @@ def run_transformers(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str
     ]
     log_path = Path(args.log_dir) / f"{args.task}_transformers.log"
     print(f"[transformers] {shlex.join(cmd)}  (log: {log_path})", file=sys.stderr, flush=True)
-    started = time.time()
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, env=_env(args), stdout=log, stderr=subprocess.STDOUT)
-    total = time.time() - started
-    result: dict[str, Any] = {
-        "command": shlex.join(cmd),
-        "returncode": proc.returncode,
-        "total_wall_s": total,
-    }
+    proc, measured = _run_measured(cmd, log_path, env=_env(args))
+    measured.pop("started")
+    result: dict[str, Any] = {"command": shlex.join(cmd), "returncode": proc.returncode, **measured}
     if proc.returncode != 0 or not out.exists():
         tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
         result["error"] = "\n".join(tail)
@@ -890,7 +902,12 @@ def markdown(report: dict[str, Any]) -> str:
         ("fit wall time, s", "fit_s", 1),
         ("  of which per-epoch dev eval, s", "eval_in_fit_s", 1),
         ("total wall time (whole process), s", "total_wall_s", 1),
+        ("CPU time (whole process, user+sys), s", "cpu_s", 1),
+        ("1-min load average before / after", "load", 1),
     ]
+    for side in (b, t):
+        if "loadavg_1min_before" in side:
+            side["load"] = f"{side['loadavg_1min_before']:.1f} / {side['loadavg_1min_after']:.1f}"
     for name, key, d in rows:
         lines.append(
             f"| {name} | {_fmt(b.get(key), d)} | {_fmt(t.get(key), d)} | {_ratio(b.get(key), t.get(key))} |"
@@ -963,6 +980,7 @@ def main() -> None:
             "train_s": "fit_s - eval_in_fit_s",
             "train_examples_per_s": "train examples (sentences / rows) * epochs / train_s",
             "fit_examples_per_s": "train examples * epochs / fit_s",
+            "cpu_s": "user + sys CPU seconds of the side's whole subprocess (robust to other work on the machine)",
             "total_wall_s": "the side's whole subprocess: start-up, imports, data prep, fit, final dev/test "
             "evaluation (bertlab: also best-checkpoint re-validation and HF export)",
         },
@@ -982,7 +1000,7 @@ def main() -> None:
     b, t = report["bertlab"], report["transformers"]
     report["ratio_bertlab_over_transformers"] = {
         k: (b[k] / t[k] if b.get(k) and t.get(k) else None)
-        for k in ("train_examples_per_s", "fit_examples_per_s", "total_wall_s", "fit_s")
+        for k in ("train_examples_per_s", "fit_examples_per_s", "total_wall_s", "fit_s", "cpu_s")
     }
     report["logs"] = args.log_dir
 

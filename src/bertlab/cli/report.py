@@ -134,7 +134,12 @@ def report_run(run_dir: Path) -> Path:
     entity = reports.get("entity_report")
     if entity and entity.get("per_type"):
         plot_entities(entity["per_type"], out / "entities.png")
-        lines += ["## Entities", "", "| type | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [
+            "## Entities (the last evaluation: the test set when there is one)",
+            "",
+            "| type | precision | recall | F1 | support |",
+            "|---|---|---|---|---|",
+        ]
         for t, row in sorted(entity["per_type"].items()):
             lines.append(
                 f"| {t} | {row.get('precision', 0):.3f} | {row.get('recall', 0):.3f} | "
