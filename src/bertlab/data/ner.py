@@ -157,7 +157,9 @@ def build_windows(
 def word_pieces(tokenizer: Any, sentences: Sequence[Sequence[str]], unk_id: int) -> list[list[list[int]]]:
     """Piece ids of every word of every sentence; a word that tokenizes to nothing (a control
     character, an odd space) becomes ``[UNK]`` so that it still gets a prediction."""
-    encodings = tokenizer.encode_batch([list(w) for w in sentences], is_pretokenized=True, add_special_tokens=False)
+    encodings = tokenizer.encode_batch(
+        [list(w) for w in sentences], is_pretokenized=True, add_special_tokens=False
+    )
     out = []
     for words, enc in zip(sentences, encodings):
         pieces: list[list[int]] = [[] for _ in words]
