@@ -79,7 +79,9 @@ def export_classifier(
     hf_state["classifier.weight"] = classifier.weight.detach().cpu().contiguous().clone()
     hf_state["classifier.bias"] = classifier.bias.detach().cpu().contiguous().clone()
     hf_config = config.to_hf_dict()
-    hf_config["architectures"] = ["BertForTokenClassification" if token_level else "BertForSequenceClassification"]
+    hf_config["architectures"] = [
+        "BertForTokenClassification" if token_level else "BertForSequenceClassification"
+    ]
     hf_config["id2label"] = {str(i): name for i, name in enumerate(label_names)}
     hf_config["label2id"] = {name: i for i, name in enumerate(label_names)}
     if not token_level:
