@@ -936,7 +936,7 @@ def main() -> None:
         help="results file to update (default: docs/finetune_results.json, or nothing with --smoke)",
     )
     p.add_argument("--log-dir", default=None, help="where the two sides' logs go (default: a temp dir)")
-    p.add_argument("--sides", default="bertlab,transformers")
+    p.add_argument("--sides", default="bertlab,transformers", help="which sides to run, in this order")
     p.add_argument(
         "--hf-runner",
         choices=("auto", "trainer", "loop"),
@@ -958,6 +958,8 @@ def main() -> None:
     args.log_dir = args.log_dir or tempfile.mkdtemp(prefix="compare_finetune_logs_")
     Path(args.log_dir).mkdir(parents=True, exist_ok=True)
     sides = args.sides.split(",")
+    if not sides or any(x not in ("bertlab", "transformers") for x in sides):
+        p.error("--sides: bertlab and/or transformers, comma-separated, in the order to run them")
     report: dict[str, Any] = {
         "task": args.task,
         "smoke": args.smoke,
@@ -987,10 +989,9 @@ def main() -> None:
         "bertlab": {},
         "transformers": {},
     }
-    if "bertlab" in sides:
-        report["bertlab"] = run_bertlab(args, spec)
-    if "transformers" in sides:
-        report["transformers"] = run_transformers(args, spec)
+    for side in sides:  # one after the other, in the order given
+        report[side] = (run_bertlab if side == "bertlab" else run_transformers)(args, spec)
+    report["order"] = sides
     n_train = report["transformers"].get("train_examples")
     if n_train is None:  # bertlab only: the same count the transformers side would read
         n_train = spec["limit_train_rows"] or None
@@ -1013,7 +1014,8 @@ def main() -> None:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         existing = json.loads(path.read_text()) if path.exists() else {}
-        existing[args.task] = report
+        existing[args.task] = report  # the latest run of each task
+        existing.setdefault("runs", []).append(report)  # and every run, in order
         path.write_text(json.dumps(existing, indent=2, default=str) + "\n")
         print(f"results: {path}")
     if any(report[s].get("error") for s in sides):
