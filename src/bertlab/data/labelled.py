@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from bertlab.data.sampler import ResumableDataLoader, ResumableSampler
+from bertlab.data.sampler import EpochPosition, ResumableDataLoader, ResumableSampler
 from bertlab.data.tokenizer import load_tokenizer, special_token_ids
 from bertlab.errors import BertlabError
 
@@ -538,7 +538,7 @@ class ClassifyCollator:
 # ---------------------------------------------------------------------------- batching
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
+class LengthGroupedBatchSampler(EpochPosition, Sampler[list[int]]):
     """Training batches of rows with similar lengths, in an order fixed by ``(seed, epoch)``.
 
     Per epoch: shuffle all rows; cut the shuffled rows into chunks of ``chunk_batches`` batches; sort
@@ -616,21 +616,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return total // self.world_size
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self.batches()
-        for position in range(self.consumed, len(batches)):
-            self.consumed = position + 1
-            yield batches[position].tolist()
-        # A finished epoch starts the next one from its beginning.
-        self.epoch += 1
-        self.consumed = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch = int(state["epoch"])
-        self.consumed = int(state["consumed"])
-        self.seed = int(state.get("seed", self.seed))
+        for batch in self._walk(self.batches()):
+            yield batch.tolist()
 
 
 class FixedBatchSampler(Sampler[list[int]]):

@@ -7,7 +7,7 @@ same place: no batch is repeated or skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,32 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 
-class ResumableSampler(Sampler[int]):
+class EpochPosition:
+    """The state of a sampler that walks a per-epoch order: the epoch, how many items of its order
+    have been handed out, and the seed. Saving and restoring these three resumes the walk exactly."""
+
+    epoch: int
+    consumed: int
+    seed: int
+
+    def _walk(self, order: Sequence[Any]) -> Iterator[Any]:
+        for position in range(self.consumed, len(order)):
+            self.consumed = position + 1
+            yield order[position]
+        # A finished epoch starts the next one from its beginning.
+        self.epoch += 1
+        self.consumed = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.consumed = int(state["consumed"])
+        self.seed = int(state.get("seed", self.seed))
+
+
+class ResumableSampler(EpochPosition, Sampler[int]):
     def __init__(
         self,
         num_samples: int,
@@ -50,22 +75,8 @@ class ResumableSampler(Sampler[int]):
         return self.num_samples // self.world_size
 
     def __iter__(self) -> Iterator[int]:
-        order = self._order()
-        start = self.consumed
-        for position in range(start, len(order)):
-            self.consumed = position + 1
-            yield int(order[position])
-        # A finished epoch starts the next one from its beginning.
-        self.epoch += 1
-        self.consumed = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch = int(state["epoch"])
-        self.consumed = int(state["consumed"])
-        self.seed = int(state.get("seed", self.seed))
+        for index in self._walk(self._order()):
+            yield int(index)
 
 
 class ResumableDataLoader(DataLoader):
