@@ -101,8 +101,9 @@ def labelled_files(tmp_path_factory) -> dict[str, list[str]]:
     }
 
 
-# base and large allocate ~1-4 GB of weights and Adam state per run: in the slow suite.
-MODEL_PARAMS = [pytest.param(m, marks=pytest.mark.slow) if m in ("base", "large") else m for m in MODELS]
+# base and large allocate ~1-4 GB of weights and Adam state per run: in the slow suite
+# (small and medium too, to keep the default suite under 10 minutes; tiny and mini stay.)
+MODEL_PARAMS = [pytest.param(m, marks=pytest.mark.slow) if m not in ("tiny", "mini") else m for m in MODELS]
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -299,7 +300,11 @@ def test_processed_data_cache_is_reused_and_keyed_by_settings(compose_cfg):
 
 @pytest.mark.parametrize(
     "override, fragment",
-    [("model=minni", "model/minni"), ("optimizer.lrr=3", "optimizer.lrr"), ("data=hub", "data.hub.name")],
+    [
+        ("model=minni", "model/minni"),
+        pytest.param("optimizer.lrr=3", "optimizer.lrr", marks=pytest.mark.slow),
+        pytest.param("data=hub", "data.hub.name", marks=pytest.mark.slow),
+    ],
 )
 def test_config_mistakes_are_one_line_errors(tmp_path, override, fragment):
     res = run_cli([override], tmp_path / "root", timeout=300)
