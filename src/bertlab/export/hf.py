@@ -27,6 +27,25 @@ def copy_tokenizer(tokenizer_dir: str | Path, out_dir: str | Path) -> None:
             shutil.copyfile(src, Path(out_dir) / name)
 
 
+def _write_hf_dir(
+    out_dir: str | Path,
+    hf_state: dict[str, Any],
+    hf_config: dict[str, Any],
+    tokenizer_dir: str | Path,
+    metadata: dict[str, Any] | None,
+) -> Path:
+    """Weights, config (with ``metadata`` under ``bertlab``) and tokenizer files, built in a
+    temporary directory and renamed into place."""
+    out_dir = Path(out_dir)
+    if metadata:
+        hf_config["bertlab"] = metadata
+    with atomic_directory(out_dir) as tmp:
+        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
+        copy_tokenizer(tokenizer_dir, tmp)
+    return out_dir
+
+
 def export_pretraining(
     model: BertForPretraining,
     tokenizer_dir: str | Path,
@@ -36,19 +55,12 @@ def export_pretraining(
     """Write ``model`` so that ``transformers.BertForPreTraining.from_pretrained(out_dir)`` loads it
     with no missing weights. ``metadata`` (e.g. the run's metrics) goes into ``config.json`` under
     the key ``bertlab``."""
-    out_dir = Path(out_dir)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     hf_state = pretraining_heads_to_hf(state, model.config)
     config = model.config.to_hf_dict()
     config["architectures"] = ["BertForPreTraining"]
     config["tie_word_embeddings"] = True
-    if metadata:
-        config["bertlab"] = metadata
-    with atomic_directory(out_dir) as tmp:
-        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        copy_tokenizer(tokenizer_dir, tmp)
-    return out_dir
+    return _write_hf_dir(out_dir, hf_state, config, tokenizer_dir, metadata)
 
 
 HF_PROBLEM_TYPES = {
@@ -70,7 +82,6 @@ def export_classifier(
 ) -> Path:
     """Write a fine-tuned model as ``BertForSequenceClassification`` (or, with ``token_level``,
     ``BertForTokenClassification``, which has no pooler) with ``id2label``/``label2id``."""
-    out_dir = Path(out_dir)
     config = encoder.config
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
     hf_state = encoder_to_hf(state, config, prefix="bert.")
@@ -86,10 +97,4 @@ def export_classifier(
     hf_config["label2id"] = {name: i for i, name in enumerate(label_names)}
     if not token_level:
         hf_config["problem_type"] = HF_PROBLEM_TYPES[problem_type]
-    if metadata:
-        hf_config["bertlab"] = metadata
-    with atomic_directory(out_dir) as tmp:
-        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
-        copy_tokenizer(tokenizer_dir, tmp)
-    return out_dir
+    return _write_hf_dir(out_dir, hf_state, hf_config, tokenizer_dir, metadata)
