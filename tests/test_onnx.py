@@ -1,0 +1,249 @@
+"""ONNX export checked by onnxruntime, and ``bertlab-predict --backend onnx``.
+
+Tiny random-weight models (hidden 32, seq <= 32) exported the way a run exports them (HF files via
+bertlab.export.hf), then to ONNX; both backends run on the same text and must agree.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from bertlab.cli.export import export_to_onnx
+from bertlab.cli.export import main as export_main
+from bertlab.cli.predict import OnnxLogits, load_predictor
+from bertlab.cli.predict import main as predict_main
+from bertlab.data.tokenizer import load_tokenizer, train_wordpiece
+from bertlab.encoder import BertConfig, BertForPretraining
+from bertlab.errors import BertlabError
+from bertlab.export import onnx as onnx_export
+from bertlab.export.hf import export_classifier, export_pretraining
+from bertlab.export.onnx import INFO_FILE, INT8_FILE, ONNX_FILE, encode_texts, make_session, run_session
+from bertlab.tasks.classify import ClassifyModule
+from bertlab.tasks.ner import NerModule
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+WORDS = (
+    "the film was good bad great movie anna moved from paris to apple office in cupertino plot thin "
+    "actors lovely it rained again peter lived greenmere town"
+).split()
+
+LINES = [
+    "the film was good",
+    "Anna moved from Paris to the Apple office in Cupertino",
+    "ok",
+    "the plot is thin\tbut the actors are lovely",
+    "it rained again and again and again",
+]
+# NER: a sentence longer than max_seq_length=32 word pieces is cut into windows
+NER_LINES = [
+    "Peter lived in Greenmere town .",
+    "Anna moved from Paris to the Apple office in Cupertino",
+    " ".join(WORDS * 2),
+    "ok",
+]
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12))) for _ in range(300)]
+    return train_wordpiece(texts, tmp_path_factory.mktemp("tok") / "wp", vocab_size=120, min_frequency=1)
+
+
+def _config(tok_dir: Path) -> dict:
+    return {
+        "vocab_size": load_tokenizer(tok_dir).get_vocab_size(),
+        "hidden_size": 32,
+        "num_layers": 1,
+        "num_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+    }
+
+
+@pytest.fixture(scope="module")
+def cls_dir(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    module = ClassifyModule(_config(tok_dir), {}, num_labels=3, label_names=["neg", "neu", "pos"])
+    with torch.no_grad():  # logits far enough apart that int8 keeps the labels
+        module.head.classifier.weight.mul_(20)
+    out = tmp_path_factory.mktemp("cls") / "export"
+    meta = {"task": "classify", "pooling": "cls", "problem_type": "single_label"}
+    export_classifier(
+        module.encoder, module.head.classifier, module.label_names, tok_dir, out, False, metadata=meta
+    )
+    export_to_onnx(out, quantize="int8", max_seq_length=32)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ner_dir(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(1)
+    labels = ["O", "B-person", "I-person", "B-location", "I-location"]
+    module = NerModule(_config(tok_dir), {}, label_names=labels)
+    out = tmp_path_factory.mktemp("ner") / "export"
+    meta = {"task": "ner", "scheme": "IOB2"}
+    export_classifier(module.encoder, module.head.classifier, labels, tok_dir, out, True, metadata=meta)
+    export_to_onnx(out, max_seq_length=32)
+    return out
+
+
+def _predict(model: Path, lines: list[str], tmp_path: Path, *extra: str) -> list[dict]:
+    inp, out = tmp_path / "in.txt", tmp_path / f"out{len(list(tmp_path.iterdir()))}.jsonl"
+    inp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    predict_main([str(model), "-i", str(inp), "-o", str(out), "--max-seq-length", "32", *extra])
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def test_classifier_onnx_equals_torch(cls_dir: Path, tmp_path: Path, capsys) -> None:
+    info = json.loads((cls_dir / INFO_FILE).read_text())
+    assert info["opset"] == 18 and info["task"] == "classify" and info["labels"] == ["neg", "neu", "pos"]
+    assert info["check"]["max_abs_diff"]["logits"] <= 1e-4
+    assert [s[0] for s in info["check"]["batch_shapes"]] == [7, 1]  # padded batch, then one sentence
+    session = make_session(cls_dir / ONNX_FILE, threads=1)
+    assert [i.shape for i in session.get_inputs()] == [["batch", "seq"]] * 3
+    assert session.get_outputs()[0].shape == ["batch", 3]
+
+    # logits: onnxruntime against the PyTorch module, on a padded batch of another shape than the check's
+    _, module, _ = load_predictor(cls_dir)
+    batch = encode_texts(cls_dir, LINES, 32)
+    assert batch["attention_mask"].min() == 0 and batch["token_type_ids"].max() == 1
+    with torch.no_grad():
+        ref = module(*(torch.from_numpy(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")))
+    got = OnnxLogits(cls_dir / ONNX_FILE, threads=1)({k: torch.from_numpy(v) for k, v in batch.items()})
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+    # longer than any check input (32): the sequence axis is not tied to the check's shapes
+    long = encode_texts(cls_dir, [" ".join(WORDS * 3), "ok"], 64)
+    assert long["input_ids"].shape[1] == 64
+    with torch.no_grad():
+        ref_long = module(
+            *(torch.from_numpy(long[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+        )
+    np.testing.assert_allclose(run_session(session, long)[0], ref_long.numpy(), atol=1e-4, rtol=0)
+
+    # the command line: same labels and scores from both backends (batches sorted by length, batch 2)
+    rows_pt = _predict(cls_dir, LINES, tmp_path, "--batch-size", "2")
+    rows_ort = _predict(cls_dir, LINES, tmp_path, "--batch-size", "2", "--backend", "onnx", "--threads", "1")
+    err = capsys.readouterr().err
+    assert "5 lines, classify, torch:" in err and "5 lines, classify, onnx:" in err and "sentences/s" in err
+    assert [r["label"] for r in rows_ort] == [r["label"] for r in rows_pt]
+    assert [r["label"] for r in rows_pt] == ["neg neu pos".split()[int(i)] for i in ref.argmax(-1)]
+    for a, b in zip(rows_pt, rows_ort):
+        assert a["text"] == b["text"] and a.get("text_pair") == b.get("text_pair")
+        assert max(abs(a["scores"][k] - b["scores"][k]) for k in a["scores"]) <= 1e-5
+
+    # int8: written beside it, checked by label agreement; the same labels on these lines
+    assert (cls_dir / INT8_FILE).is_file() and info["int8"]["argmax_agreement"] >= 0.9
+    rows_q = _predict(cls_dir, LINES, tmp_path, "--backend", "onnx", "--onnx-file", INT8_FILE)
+    assert [r["label"] for r in rows_q] == [r["label"] for r in rows_pt]
+
+
+def test_ner_onnx_equals_torch(ner_dir: Path, tmp_path: Path) -> None:
+    info = json.loads((ner_dir / INFO_FILE).read_text())
+    assert info["task"] == "ner" and info["scheme"] == "IOB2" and "int8" not in info
+    session = make_session(ner_dir / ONNX_FILE)
+    assert session.get_outputs()[0].shape == ["batch", "seq", 5]
+    rows_pt = _predict(ner_dir, NER_LINES, tmp_path, "--batch-size", "3")
+    rows_ort = _predict(ner_dir, NER_LINES, tmp_path, "--batch-size", "3", "--backend", "onnx")
+    assert rows_ort == rows_pt  # words, tags, entity spans with character offsets
+    assert len(rows_pt[2]["tags"]) == len(WORDS) * 2  # the long sentence: every word predicted
+    assert any(r["entities"] for r in rows_pt)  # spans are compared, not only empty lists
+    spans = [e for r in rows_pt for e in r["entities"]]
+    assert all(set(e) >= {"start", "end", "text"} for e in spans)
+    # token logits at every position of a padded batch
+    _, module, _ = load_predictor(ner_dir)
+    batch = encode_texts(ner_dir, NER_LINES, 32)
+    with torch.no_grad():
+        ref = module({k: torch.from_numpy(v) for k, v in batch.items()}).numpy()
+    np.testing.assert_allclose(run_session(session, batch)[0], ref, atol=1e-4, rtol=0)
+
+
+def _hf_copy(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        if "onnx" not in f.name:
+            shutil.copyfile(f, dst / f.name)
+    return dst
+
+
+def test_failed_check_writes_nothing(cls_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    out = _hf_copy(cls_dir, tmp_path / "export")
+    before = sorted(p.name for p in out.iterdir())
+    # a correct graph (copied, to skip the exporter), but PyTorch's logits are made to differ by 1e-3
+    monkeypatch.setattr(
+        onnx_export, "_export_file", lambda g, s, path, o, m: shutil.copyfile(cls_dir / ONNX_FILE, path)
+    )
+    real = onnx_export._torch_outputs
+    monkeypatch.setattr(onnx_export, "_torch_outputs", lambda g, b: [x + 1e-3 for x in real(g, b)])
+    with pytest.raises(SystemExit) as exc:
+        export_main([str(out), "--format", "onnx", "--quantize", "int8"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ONNX check failed") and "\n" not in err and "nothing written" in err
+    assert sorted(p.name for p in out.iterdir()) == before  # no model.onnx, no onnx.json, no temp file
+
+    # int8 agreement too low: nothing at all is written either (not even the fp32 model)
+    monkeypatch.setattr(onnx_export, "_torch_outputs", real)
+    with pytest.raises(BertlabError, match="int8 check failed"):
+        export_to_onnx(out, quantize="int8", max_seq_length=32, int8_min_agreement=1.01)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_onnx_refused_when_stale_or_missing(cls_dir: Path, tmp_path: Path, capsys) -> None:
+    bare = _hf_copy(cls_dir, tmp_path / "bare")
+    with pytest.raises(SystemExit):
+        _predict(bare, LINES, tmp_path, "--backend", "onnx")
+    assert "model.onnx not found; write it with: bertlab-export" in capsys.readouterr().err
+    stale = tmp_path / "stale"
+    shutil.copytree(cls_dir, stale)
+    state = load_file(str(stale / "model.safetensors"))
+    state["classifier.bias"] = state["classifier.bias"] + 1.0
+    save_file(state, str(stale / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(SystemExit):
+        _predict(stale, LINES, tmp_path, "--backend", "onnx")
+    assert "exported from other weights" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "nowhere")])
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nowhere'} does not exist"
+
+
+def test_pretraining_export(tok_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    model = BertForPretraining(BertConfig(**_config(tok_dir))).eval()
+    out = export_pretraining(model, tok_dir, tmp_path / "export")
+    _, info = export_to_onnx(out, max_seq_length=32)
+    assert info["task"] == "pretrain" and info["outputs"] == ["mlm_logits", "nsp_logits"]
+    session = make_session(out / ONNX_FILE)
+    batch = encode_texts(out, LINES[::-1], 32)
+    mlm, nsp = run_session(session, batch)
+    with torch.no_grad():
+        seq, pooled = model.encoder(
+            *(torch.from_numpy(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+        )
+        ref_mlm, ref_nsp = model.mlm_head(seq), model.nsp_head(pooled)
+    assert mlm.shape == (*batch["input_ids"].shape, model.config.vocab_size)
+    np.testing.assert_allclose(mlm, ref_mlm.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(nsp, ref_nsp.numpy(), atol=1e-4, rtol=0)
+
+
+def test_export_onnx_at_end_of_training(compose_cfg) -> None:
+    """``export_onnx=int8`` in the train config: a tiny pretraining run ends with both ONNX files."""
+    from bertlab.cli.run import run
+
+    cfg = compose_cfg(["trainer.max_steps=2", "trainer.val_check_interval=2", "export_onnx=int8"])
+    run(cfg)
+    export = Path(cfg.paths.output_dir) / "export"
+    info = json.loads((export / INFO_FILE).read_text())
+    assert info["task"] == "pretrain" and (export / ONNX_FILE).is_file() and (export / INT8_FILE).is_file()
+    assert max(info["check"]["max_abs_diff"].values()) <= 1e-4
+    assert json.loads((export.parent / "summary.json").read_text())["status"] == "completed"
