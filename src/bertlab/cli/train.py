@@ -128,6 +128,9 @@ def task_wrapper(cfg: DictConfig) -> float | None:
         )
     finally:
         _close_loggers()
+        from bertlab.cli.distributed import end_of_job
+
+        end_of_job()  # a DDP job's processes are done before the next job of a sweep starts
 
 
 def _save_traceback() -> str:

@@ -1,4 +1,10 @@
-"""Content keys and atomic writes for the processed-data cache."""
+"""Content keys and atomic writes for the processed-data cache.
+
+Under data parallelism one process per node builds a cache entry (local rank 0, Lightning's
+``prepare_data`` rule) while the others wait for the finished directory to appear: the entry is
+renamed into place whole, so its existence is the ready marker, and waiting is a poll of the file
+system with a clear timeout, not a collective that the process group would time out.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,14 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from bertlab.errors import BertlabError
 
 
 def file_identity(path: str | Path) -> dict[str, Any]:
@@ -38,12 +47,38 @@ def directory_digest(path: str | Path, names: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def local_rank() -> int:
+    """This process's rank on its node, from the environment Lightning's launchers and SLURM set
+    (``LOCAL_RANK``, ``SLURM_LOCALID``); 0 when not distributed or before any launch."""
+    for name in ("LOCAL_RANK", "SLURM_LOCALID"):
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return int(value)
+    return 0
+
+
+def wait_for_ready(marker: str | Path, timeout_s: float, what: str, poll_s: float = 0.5) -> None:
+    """Wait until ``marker`` exists (a file that is written last, or a directory renamed into
+    place). Raises :class:`BertlabError` after ``timeout_s`` seconds."""
+    marker = Path(marker)
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        if time.monotonic() >= deadline:
+            raise BertlabError(
+                f"local rank {local_rank()} waited {timeout_s:g} s for {what} ({marker}), which local "
+                "rank 0 builds: see its log for an error, or raise data.prepare_timeout_s"
+            )
+        time.sleep(poll_s)
+
+
 @contextmanager
-def atomic_directory(final: str | Path) -> Iterator[Path]:
+def atomic_directory(final: str | Path, keep_existing: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name beside ``final`` and rename it into place.
 
     If the body raises, the temporary directory is removed and ``final`` is left untouched: a reader
-    never sees a half-written directory.
+    never sees a half-written directory. ``keep_existing``: when another process has put ``final``
+    in place meanwhile (a content-keyed cache, so the same content), keep that one and drop ours,
+    so a process already reading it is not disturbed.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +86,9 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        if final.exists():
+        if final.exists() and keep_existing:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif final.exists():
             # Another process finished first, or we are replacing an old copy: swap it out.
             old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(final, old)

@@ -3,6 +3,13 @@
 The order of epoch ``e`` is a permutation seeded by ``(seed, e)``; the sampler counts the indices it
 has handed out. Its state is two integers, and restoring it continues the same permutation at the
 same place: no batch is repeated or skipped.
+
+Under data parallelism each rank walks its own share of the epoch's order. With ``block_size`` set
+to the micro-batch size, the order is cut into micro-batches and rank ``r`` of ``w`` takes micro-batches
+``r, r + w, r + 2w, ...``: the micro-batches of one optimizer step are then the same on any number of
+processes (with gradient accumulation making up the difference), so a run gives the same updates on
+1 or N processes. The position a checkpoint holds is counted over all ranks, so a checkpoint written
+by N processes resumes on M.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
+
+from bertlab.errors import BertlabError
 
 
 class EpochPosition:
@@ -48,12 +57,16 @@ class ResumableSampler(EpochPosition, Sampler[int]):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        block_size: int = 1,
     ) -> None:
+        if not 0 <= rank < world_size or block_size < 1:
+            raise ValueError(f"rank={rank}, world_size={world_size}, block_size={block_size}")
         self.num_samples = num_samples
         self.seed = seed
         self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
+        self.block_size = block_size  # consecutive indices a rank takes at a time (its micro-batch)
         self.epoch = 0
         self.consumed = 0  # indices of the current epoch already handed out (this rank)
 
@@ -67,12 +80,17 @@ class ResumableSampler(EpochPosition, Sampler[int]):
             order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples)
         else:
             order = np.arange(self.num_samples)
-        # Each rank takes every world_size-th index (the tail that does not divide is dropped).
-        usable = self.num_samples - self.num_samples % self.world_size
-        return order[:usable][self.rank :: self.world_size]
+        # Each rank takes every world_size-th block of block_size indices (a tail that does not
+        # fill a block on every rank is dropped); with one block per index this is rank::world_size.
+        per_rank = self._blocks_per_rank()
+        blocks = order[: per_rank * self.world_size * self.block_size]
+        return blocks.reshape(per_rank, self.world_size, self.block_size)[:, self.rank].reshape(-1)
+
+    def _blocks_per_rank(self) -> int:
+        return (self.num_samples // self.block_size) // self.world_size
 
     def __len__(self) -> int:
-        return self.num_samples // self.world_size
+        return self._blocks_per_rank() * self.block_size
 
     def __iter__(self) -> Iterator[int]:
         for index in self._walk(self._order()):
@@ -90,6 +108,10 @@ class ResumableDataLoader(DataLoader):
 
     It works with a :class:`ResumableSampler` (``batch_size=`` given; its position is in samples)
     or with a batch sampler that has the same ``epoch``/``consumed``/``seed`` state in batches.
+
+    The saved ``consumed`` counts over all ranks (this rank's position times ``world_size``): a
+    checkpoint written by N processes resumes on M, as long as the position divides evenly (it
+    does at every optimizer step when the global batch is the same).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -116,7 +138,7 @@ class ResumableDataLoader(DataLoader):
             # Lightning may already have called set_epoch for this epoch; the saved position wins
             # unless it belongs to an earlier epoch.
             if int(self._restored["epoch"]) >= source.epoch:
-                source.load_state_dict(self._restored)
+                source.load_state_dict(self._per_rank(self._restored))
             self._restored = None
         self._epoch_seen = source.epoch
         self._start_position = source.consumed // self._unit
@@ -134,12 +156,30 @@ class ResumableDataLoader(DataLoader):
             self._started = self._start_position  # batches done before this iteration began
         self._started += 1
 
+    @property
+    def _world(self) -> int:
+        return int(getattr(self._source, "world_size", 1))
+
+    def _per_rank(self, state: dict[str, int]) -> dict[str, int]:
+        """A saved state (positions over all ranks) as this rank's position."""
+        world, step = self._world, self._world * self._unit
+        consumed = int(state["consumed"])
+        if consumed % step:
+            unit = "samples" if self._unit > 1 else "batches"
+            raise BertlabError(
+                f"the checkpoint's data position ({consumed} {unit} of epoch {state['epoch']}) does not "
+                f"divide among {world} processes of {self._unit} (the run was saved between two "
+                "optimizer steps or with another global batch): resume it with the same hardware"
+            )
+        return {**state, "consumed": consumed // world}
+
     def state_dict(self) -> dict[str, int]:
         done = self._started if self._started is not None else self._received
         if done >= len(self):
             # The epoch is over: resume at the start of the next one.
             return {"epoch": self._epoch_seen + 1, "consumed": 0, "seed": self._source.seed}
-        return {"epoch": self._epoch_seen, "consumed": done * self._unit, "seed": self._source.seed}
+        consumed = done * self._unit * self._world
+        return {"epoch": self._epoch_seen, "consumed": consumed, "seed": self._source.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._restored = dict(state)

@@ -1,0 +1,159 @@
+"""Peak memory of a pretraining run as the corpus grows: the pipeline streams, so it stays flat.
+
+For each size it writes a corpus file of about that many megabytes (documents of bertlab's generated
+corpus in shuffled order, appended until the size is reached: nothing is held in memory), runs
+``bertlab-train data=text_files`` on it (tokenizer training, tokenization, NSP instances, a few
+training steps) in a fresh cache, and samples the memory of the whole process tree every 0.1 s:
+RSS (which also counts the pages of memory-mapped Arrow files that are resident, a cache the kernel
+can drop) and RssAnon (the process's own heap, what a growing Python list would show in).
+
+``--cap-mb N`` runs the job under ``RLIMIT_DATA`` of N MiB (private writable memory: the heap and
+anonymous mappings, not memory-mapped files), so a pipeline that materialised the corpus would fail.
+
+    python scripts/scaling_rss.py --sizes-mb 25 100 400 --workdir /tmp/bertlab_scaling
+    python scripts/scaling_rss.py --sizes-mb 400 --cap-mb 3000 --workdir /tmp/bertlab_scaling
+
+Delete ``--workdir`` afterwards (``--clean`` does it): the corpora and caches are large.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_corpus(path: Path, size_mb: float, seed: int = 0) -> Path:
+    """About ``size_mb`` MiB of text: pools of generated documents, shuffled, appended in a loop."""
+    from bertlab.data.default_corpus import generate_documents
+
+    target = int(size_mb * 2**20)
+    if path.exists() and path.stat().st_size >= target:
+        return path
+    tmp = path.with_suffix(".tmp")
+    written, pool_seed = 0, seed
+    rng = random.Random(seed)
+    with tmp.open("w", encoding="utf-8") as f:
+        pool = ["\n".join(d) + "\n\n" for d in generate_documents(4000, seed=pool_seed)]
+        while written < target:
+            rng.shuffle(pool)
+            for doc in pool:
+                f.write(doc)
+                written += len(doc.encode())
+                if written >= target:
+                    break
+    os.replace(tmp, path)
+    return path
+
+
+def _anon_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree_memory(proc: psutil.Process) -> tuple[int, int]:
+    rss = anon = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            rss += p.memory_info().rss
+            anon += _anon_kb(p.pid) * 1024
+        except psutil.Error:
+            pass
+    return rss, anon
+
+
+def _limit(cap_mb: int | None):  # noqa: ANN202 - a preexec_fn
+    def apply() -> None:
+        if cap_mb:
+            cap = cap_mb * 2**20
+            resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+
+    return apply
+
+
+def train_command(corpus: Path, steps: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "bertlab.cli.train",
+        "data=text_files",
+        f"data.files=[{corpus}]",
+        "tokenizer.vocab_size=2000",
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={steps}",
+        "trainer.limit_val_batches=2",
+        "trainer.enable_progress_bar=false",
+        "hardware.threads=1",
+        "export=false",
+        "print_config=false",
+    ]
+
+
+def measure(corpus: Path, workdir: Path, steps: int, cap_mb: int | None) -> dict:
+    root = workdir / f"root-{corpus.stem}-{cap_mb or 0}"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    env = {**os.environ, "BERTLAB_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+    cmd = train_command(corpus, steps)
+    started = time.time()
+    with (root / "train.out").open("w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_limit(cap_mb)
+        )
+        ps = psutil.Process(proc.pid)
+        peak_rss = peak_anon = 0
+        while proc.poll() is None:
+            rss, anon = _tree_memory(ps)
+            peak_rss, peak_anon = max(peak_rss, rss), max(peak_anon, anon)
+            time.sleep(0.1)
+    summaries = list((root / "logs").glob("pretrain/runs/*/summary.json"))
+    data = json.loads(summaries[0].read_text()).get("data", {}) if summaries else {}
+    return {
+        "corpus_mb": round(corpus.stat().st_size / 2**20, 1),
+        "cap_mb": cap_mb,
+        "exit": proc.returncode,
+        "seconds": round(time.time() - started, 1),
+        "peak_rss_mb": round(peak_rss / 2**20),
+        "peak_anon_mb": round(peak_anon / 2**20),
+        "documents": data.get("documents"),
+        "train_instances": (data.get("train") or {}).get("instances"),
+        "command": " ".join(cmd[1:]),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes-mb", type=float, nargs="+", default=[25, 100, 400])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/bertlab_scaling"))
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--cap-mb", type=int, default=None, help="RLIMIT_DATA for the run, in MiB")
+    ap.add_argument("--clean", action="store_true", help="delete --workdir at the end")
+    args = ap.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    for size in args.sizes_mb:
+        corpus = write_corpus(args.workdir / f"corpus-{size:g}mb.txt", size)
+        result = measure(corpus, args.workdir, args.steps, args.cap_mb)
+        print(json.dumps(result), flush=True)
+    if args.clean:
+        shutil.rmtree(args.workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
