@@ -43,6 +43,13 @@ def word_starts(input_ids: np.ndarray, continuation: np.ndarray) -> np.ndarray:
     return np.cumsum(~continuation[input_ids])
 
 
+def word_groups(word_cont: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Group id per position from per-token flags (1: this token continues the previous token's
+    word), as the pretraining data stores them (``word_cont``). Special tokens never continue a
+    word, so a word never spans [CLS] or [SEP]."""
+    return np.cumsum(np.asarray(word_cont, dtype=np.int64) == 0)
+
+
 def mask_sequence(
     input_ids: np.ndarray,
     cfg: MaskingConfig,
@@ -105,7 +112,10 @@ class PretrainingCollator:
 
     Each feature is a dict with ``input_ids`` (list of int), ``a_len``, ``nsp_label`` and ``index``
     (position of the instance in the dataset, which seeds its masking). Set ``epoch`` before each
-    epoch (the data module does).
+    epoch (the data module does). With whole-word masking a feature may carry ``word_cont`` (per
+    token, 1 when it continues the previous token's word, from
+    :func:`bertlab.data.tokenizer.word_continuation_flags`: ``##`` pieces and jieba words); without
+    it, words are the vocabulary's ``##`` pieces (``continuation_token_mask``).
     """
 
     def __init__(
@@ -123,10 +133,9 @@ class PretrainingCollator:
         self.special = np.zeros(cfg.vocab_size, dtype=bool)
         self.special[list(cfg.special_token_ids)] = True
         self.random_token_ids = np.flatnonzero(~self.special)
+        self.whole_word_masking = whole_word_masking
         self.continuation = None
-        if whole_word_masking:
-            if continuation_token_mask is None:
-                raise ValueError("whole-word masking needs the vocabulary's continuation-piece mask")
+        if whole_word_masking and continuation_token_mask is not None:
             self.continuation = np.asarray(continuation_token_mask, dtype=bool)
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
@@ -144,7 +153,17 @@ class PretrainingCollator:
         for row, f in enumerate(features):
             ids = np.asarray(f["input_ids"], dtype=np.int64)
             rng = sequence_rng(self.seed, self.epoch, int(f["index"]))
-            word_ids = word_starts(ids, self.continuation) if self.continuation is not None else None
+            word_ids = None
+            if self.whole_word_masking:
+                if "word_cont" in f:
+                    word_ids = word_groups(f["word_cont"])
+                elif self.continuation is not None:
+                    word_ids = word_starts(ids, self.continuation)
+                else:
+                    raise ValueError(
+                        "whole-word masking needs word_cont in each instance or the vocabulary's "
+                        "continuation-piece mask"
+                    )
             masked, seq_labels = mask_sequence(
                 ids, self.cfg, rng, self.special, self.random_token_ids, word_ids
             )

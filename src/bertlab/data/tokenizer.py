@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,8 +27,10 @@ __all__ = [
     "SPECIAL_TOKENS",
     "TOKENIZER_FILES",
     "load_tokenizer",
+    "is_cjk_char",
     "special_token_ids",
     "train_wordpiece",
+    "word_continuation_flags",
     "wordpiece_cache_key",
 ]
 
@@ -341,3 +344,69 @@ def wordpiece_cache_key(corpus_paths: Sequence[str | os.PathLike[str]], settings
             raise BertlabError(f"cannot read corpus file {p}: {exc.strerror or exc}") from exc
         h.update(json.dumps([str(path), st.st_size, st.st_mtime_ns]).encode("utf-8"))
     return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------- whole words
+
+# The code-point blocks BERT treats as Chinese characters (one token each): CJK Unified Ideographs
+# and its extensions A-F, and the compatibility ideographs. Kana and Hangul are not among them.
+_CJK_RANGES = (
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
+)
+
+
+def is_cjk_char(char: str) -> bool:
+    """Is ``char`` a CJK ideograph (Traditional or Simplified), as BERT's ``_is_chinese_char`` says?"""
+    cp = ord(char)
+    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+
+
+_jieba: Any = None
+
+
+def _segmenter() -> Any:
+    global _jieba
+    if _jieba is None:
+        import jieba  # imported on first use: loading its dictionary takes about a second
+
+        jieba.setLogLevel(logging.WARNING)
+        _jieba = jieba
+    return _jieba
+
+
+def word_continuation_flags(
+    text: str, tokens: Sequence[str], offsets: Sequence[tuple[int, int]]
+) -> list[int]:
+    """For each token of ``text``, 1 when it continues the word of the token before it, else 0.
+
+    Whole-word masking groups tokens by these flags. A ``##`` piece continues its word (English and
+    any other language WordPiece splits). CJK characters are one token each, so their words come
+    from a segmenter: two adjacent CJK tokens continue one word when jieba puts both characters in
+    the same word of ``text`` (``offsets`` are the tokens' character offsets in ``text``, as the
+    ``tokenizers`` encoding gives them). No reference file is needed: this runs while the corpus is
+    tokenized.
+    """
+    flags = [0] * len(tokens)
+    word_of: list[int] | None = None
+    for i, token in enumerate(tokens):
+        if token.startswith("##"):
+            flags[i] = 1
+            continue
+        if i == 0:
+            continue
+        (s0, e0), (s1, e1) = offsets[i - 1], offsets[i]
+        if not (e0 - s0 == 1 and e1 - s1 == 1 and is_cjk_char(text[s0]) and is_cjk_char(text[s1])):
+            continue
+        if word_of is None:
+            word_of = [0] * len(text)
+            for w, (_, start, end) in enumerate(_segmenter().tokenize(text)):
+                word_of[start:end] = [w] * (end - start)
+        flags[i] = int(word_of[s0] == word_of[s1])
+    return flags
