@@ -80,10 +80,11 @@ def test_matches_transformers_bert_for_pretraining(attn_implementation):
     with torch.no_grad():
         ref = hf.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         ref_heads = hf(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        out = ours(input_ids, attention_mask, token_type_ids, mlm_labels)
+        out = ours(input_ids, attention_mask, token_type_ids, mlm_labels)  # last layer at masked + [CLS] only
+        full = ours(input_ids, attention_mask, token_type_ids, mlm_labels, return_sequence_output=True)
 
     real = attention_mask.bool()
-    seq_diff = (out["sequence_output"] - ref.last_hidden_state).abs()[real].max().item()
+    seq_diff = (full["sequence_output"] - ref.last_hidden_state).abs()[real].max().item()
     assert seq_diff < TOL
     assert (out["pooled_output"] - ref.pooler_output).abs().max().item() < TOL
     assert (out["nsp_logits"] - ref_heads.seq_relationship_logits).abs().max().item() < TOL
@@ -91,6 +92,28 @@ def test_matches_transformers_bert_for_pretraining(attn_implementation):
     assert out["mlm_logits"].shape == (int(predicted.sum()), config.vocab_size)
     assert torch.equal(out["mlm_targets"], mlm_labels[predicted])
     assert (out["mlm_logits"] - ref_heads.prediction_logits[predicted]).abs().max().item() < TOL
+
+
+def test_sparse_last_layer_equals_dense_in_values_and_gradients():
+    """The pretraining fast path (last layer only at masked positions and [CLS]) is the same function
+    as the full encoder: same losses and same gradient for every parameter (eval mode: no dropout)."""
+    config = small_config(num_layers=3)
+    torch.manual_seed(0)
+    model = BertForPretraining(config).eval()
+    input_ids, attention_mask, token_type_ids, mlm_labels = make_batch(config, seq_len=24)
+    mlm_labels[2] = -100  # a row with nothing masked still feeds NSP through its [CLS]
+    nsp_labels = torch.tensor([0, 1, 1, 0])
+    grads, losses = [], []
+    for full in (True, False):
+        model.zero_grad()
+        out = model(input_ids, attention_mask, token_type_ids, mlm_labels, return_sequence_output=full)
+        mlm, nsp = pretraining_loss(out, nsp_labels)
+        (mlm + nsp).backward()
+        losses.append((mlm.item(), nsp.item()))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_encoder_defaults_match_explicit_inputs():
@@ -321,3 +344,26 @@ def test_import_does_not_pull_training_stack():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+def test_compiled_pretraining_model_equals_eager():
+    """hardware.compile changes speed, not the result: torch.compile of the pretraining model (as the
+    PretrainModule compiles it) gives the eager losses and gradients on a padded batch."""
+    config = small_config()
+    torch.manual_seed(0)
+    model = BertForPretraining(config).eval()
+    compiled = BertForPretraining(config).eval()
+    compiled.load_state_dict(model.state_dict())
+    compiled.compile(dynamic=True)  # in place, as PretrainModule and run.py compile
+    assert compiled.state_dict().keys() == model.state_dict().keys()
+    input_ids, attention_mask, token_type_ids, mlm_labels = make_batch(config)
+    nsp_labels = torch.tensor([0, 1, 1, 0])
+    results = []
+    for m in (model, compiled):
+        mlm, nsp = pretraining_loss(m(input_ids, attention_mask, token_type_ids, mlm_labels), nsp_labels)
+        (mlm + nsp).backward()
+        results.append(((mlm + nsp).item(), {n: p.grad.clone() for n, p in m.named_parameters()}))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    for name, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], g, rtol=1e-4, atol=1e-5, msg=name)

@@ -215,6 +215,26 @@ class SelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(batch, seq_len, hidden)  # merge heads back
         return self.out(y)
 
+    def forward_queries(self, x: Tensor, queries: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """Attention outputs for a few query positions only: keys and values from all of ``x`` [B, T, H],
+        queries from ``queries`` [B, Q, H] (the residual stream at the Q chosen positions of each row).
+        Equal to ``forward(x)`` at those positions, for Q/T of the query, output and softmax work."""
+        batch, seq_len, hidden = x.shape
+        num_queries = queries.shape[1]
+        w, b = self.qkv.weight, self.qkv.bias
+        q = F.linear(queries, w[:hidden], b[:hidden])
+        q = q.view(batch, num_queries, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = (
+            F.linear(x, w[hidden:], b[hidden:])
+            .view(batch, seq_len, 2, self.num_heads, self.head_dim)
+            .permute(2, 0, 3, 1, 4)
+            .unbind(0)
+        )
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attention_dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(batch, num_queries, hidden))
+
 
 class TransformerLayer(nn.Module):
     """One post-LN BERT layer: attention block then feed-forward block, each residual + LayerNorm."""
@@ -233,6 +253,21 @@ class TransformerLayer(nn.Module):
         # F.gelu defaults to the exact erf form, i.e. HF's "gelu" (not the tanh approximation).
         x = self.ffn_norm(x + self.dropout(self.ffn_down(F.gelu(self.ffn_up(x)))))
         return x
+
+    def forward_selected(self, x: Tensor, attn_mask: Tensor | None, selected: Tensor) -> Tensor:
+        """The layer's output at the ``selected`` positions only (bool [B, T]), as [N, H] in row-major
+        order. Every position still serves as a key and value; queries, the output projection and the
+        feed-forward block run on the N chosen positions alone."""
+        rows, cols = selected.nonzero(as_tuple=True)
+        # slot of each chosen position among the chosen positions of its row: 0, 1, 2, ...
+        counts = selected.sum(dim=1)
+        slots = torch.arange(rows.numel(), device=x.device) - (counts.cumsum(0) - counts)[rows]
+        residual = x[rows, cols]  # [N, H]
+        queries = x.new_zeros(x.shape[0], int(counts.max()) if rows.numel() else 0, x.shape[2])
+        queries[rows, slots] = residual
+        attended = self.attention.forward_queries(x, queries, attn_mask)[rows, slots]
+        h = self.attention_norm(residual + self.dropout(attended))
+        return self.ffn_norm(h + self.dropout(self.ffn_down(F.gelu(self.ffn_up(h)))))
 
 
 class BertEncoder(nn.Module):
@@ -276,6 +311,35 @@ class BertEncoder(nn.Module):
             x = layer(x, attn_mask)
         pooled = torch.tanh(self.pooler(x[:, 0]))
         return x, pooled
+
+    def forward_selected(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        token_type_ids: Tensor | None,
+        selected: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """Like :meth:`forward` when only some positions' outputs are needed (pretraining: the masked
+        ones). Returns (states at ``selected`` positions [N, H] in row-major order, pooled_output [B, H]).
+
+        The last layer's output at a position depends on that position's query only, so the last
+        layer runs queries, output projection and feed-forward on the selected positions and [CLS]
+        (for the pooler). Same values as ``forward`` (to float rounding); less work.
+        """
+        attn_mask = None
+        if attention_mask is not None:
+            attn_mask = attention_mask.bool()[:, None, None, :]
+        x = self.embeddings(input_ids, token_type_ids)
+        for layer in self.layers[:-1]:
+            x = layer(x, attn_mask)
+        with_cls = selected.clone()
+        with_cls[:, 0] = True
+        out = self.layers[-1].forward_selected(x, attn_mask, with_cls)
+        # Row-major order puts each row's [CLS] first among its chosen positions.
+        is_cls = with_cls.nonzero(as_tuple=True)[1] == 0
+        pooled = torch.tanh(self.pooler(out[is_cls]))
+        keep = selected[with_cls]  # drop the [CLS] rows that were not asked for
+        return out[keep], pooled
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -104,20 +104,32 @@ class BertForPretraining(nn.Module):
         attention_mask: Tensor | None,
         token_type_ids: Tensor | None,
         mlm_labels: Tensor,
+        return_sequence_output: bool = False,
     ) -> dict[str, Tensor]:
         """Returns mlm_logits [N, V] and mlm_targets [N] for the N positions where mlm_labels != -100
-        (row-major order), nsp_logits [B, 2], sequence_output [B, T, H], pooled_output [B, H]."""
-        sequence_output, pooled_output = self.encoder(input_ids, attention_mask, token_type_ids)
-        # Select masked positions BEFORE the vocab projection: ~15% of the [B*T, V] logits are computed.
+        (row-major order), nsp_logits [B, 2], pooled_output [B, H]; and sequence_output [B, T, H] only
+        with ``return_sequence_output=True``.
+
+        The losses need the last layer's states at the masked positions and [CLS] only: by default the
+        encoder computes just those (:meth:`BertEncoder.forward_selected`), and the vocabulary projection
+        runs on the masked positions alone (~15% of the [B*T, V] logits)."""
         predicted = mlm_labels != IGNORE_INDEX
-        mlm_logits = self.mlm_head(sequence_output[predicted])
-        return {
-            "mlm_logits": mlm_logits,
+        if return_sequence_output:
+            sequence_output, pooled_output = self.encoder(input_ids, attention_mask, token_type_ids)
+            masked_states = sequence_output[predicted]
+        else:
+            masked_states, pooled_output = self.encoder.forward_selected(
+                input_ids, attention_mask, token_type_ids, predicted
+            )
+        out = {
+            "mlm_logits": self.mlm_head(masked_states),
             "mlm_targets": mlm_labels[predicted],
             "nsp_logits": self.nsp_head(pooled_output),
-            "sequence_output": sequence_output,
             "pooled_output": pooled_output,
         }
+        if return_sequence_output:
+            out["sequence_output"] = sequence_output
+        return out
 
 
 def pretraining_loss(outputs: dict[str, Tensor], nsp_labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -33,8 +33,10 @@ class PretrainModule(L.LightningModule):
         self.val_nsp_acc = MeanMetric()
 
     def configure_model(self) -> None:
-        if self.compile_model and not isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
-            self.model = torch.compile(self.model, dynamic=True)
+        if self.compile_model:
+            # In place (nn.Module.compile): the module and its state_dict keys stay as they are, so
+            # checkpoints and exports are the same with and without compilation.
+            self.model.compile(dynamic=True)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.model(
