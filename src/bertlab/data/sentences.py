@@ -20,11 +20,14 @@ _ABBREVIATIONS = {
 
 _LATIN_END = re.compile(r"""[.!?]+["'”’)\]]*\s+(?=["'“‘(\[]?[A-Z0-9])""")
 _CJK_END = re.compile(r"[。！？]+[”」』）]*")
+_WORD_BEFORE_DOT = re.compile(r"(\S+)\.$")
 
 
 def _is_abbreviation(text: str, end: int) -> bool:
     """Does the '.' that ends ``text[:end]`` belong to an abbreviation or an initial?"""
-    match = re.search(r"(\S+)\.$", text[:end])
+    # Only the word before the '.' matters: look at a short window, not the whole prefix (which made
+    # long paragraphs quadratic).
+    match = _WORD_BEFORE_DOT.search(text, max(0, end - 64), end)
     if not match:
         return False
     word = match.group(1).lstrip("(\"'“‘").lower()
