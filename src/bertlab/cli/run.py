@@ -15,9 +15,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bertlab.cli.callbacks import AtomicCheckpointIO, NonFiniteGuard, RunIdentity, SaveOnInterrupt
+from bertlab.cli.distributed import DistributedLayout, step_layout, trainer_settings
 from bertlab.data.labelled import ClassifyDataModule
 from bertlab.data.ner import NerDataModule
 from bertlab.data.pretrain import PretrainDataModule
@@ -95,6 +97,11 @@ def validate_config(cfg: DictConfig) -> None:
             f"task={task} needs a pretrained model (model.init_from=<run dir | .ckpt | HF dir>) "
             "or, to start from random weights, a tokenizer (tokenizer.path=<dir>)"
         )
+    onnx = cfg.get("export_onnx") or False
+    if onnx and onnx not in (True, "int8"):
+        raise BertlabError(f"export_onnx={onnx!r} is not one of false, true, int8")
+    if onnx and not cfg.get("export", True):
+        raise BertlabError("export_onnx needs export=true (the ONNX file is written beside the HF export)")
 
 
 def model_config(cfg: DictConfig, tokenizer_dir: Path, pretrained: Pretrained | None) -> dict[str, Any]:
@@ -220,9 +227,15 @@ class Job:
     tokenizer_dir: Path
 
 
+def _optimizer(cfg: DictConfig) -> dict[str, Any]:
+    """The optimizer settings, with the hardware's fused-kernel choice (speed only)."""
+    return {**_plain(cfg.optimizer), "fused": cfg.hardware.get("fused_optimizer")}
+
+
 def _data_kwargs(cfg: DictConfig) -> dict[str, Any]:
     data = _plain(cfg.data)
     data.pop("kind", None)
+    data["batch_size"] = step_layout(cfg)[1]  # one device's micro-batch of the global batch
     return {
         **data,
         "num_workers": int(cfg.hardware.num_workers),
@@ -259,7 +272,7 @@ def build_pretrain(cfg: DictConfig) -> Job:
     tokenizer_dir = datamodule.prepare_tokenizer()
     module = PretrainModule(
         model_config=model_config(cfg, tokenizer_dir, pretrained),
-        optimizer=_plain(cfg.optimizer),
+        optimizer=_optimizer(cfg),
         compile=bool(cfg.hardware.compile),
     )
     if pretrained is not None and pretrained.pretraining_state is not None:
@@ -292,7 +305,7 @@ def build_finetune(cfg: DictConfig) -> Job:
     datamodule.prepare_data()
     datamodule.setup("fit")
     labels = list(datamodule.labels)
-    optimizer = _plain(cfg.optimizer)
+    optimizer = _optimizer(cfg)
     if task == "classify":
         module: L.LightningModule = ClassifyModule(
             model_config=fields,
@@ -314,6 +327,8 @@ def build_finetune(cfg: DictConfig) -> Job:
         )
     if pretrained is not None:
         load_encoder_weights(module.encoder, pretrained)
+    if cfg.hardware.compile:
+        module.encoder.compile(dynamic=True)  # in place: state_dict keys unchanged
     log.info("%s: %d labels %s", task, len(labels), labels[:20])
     return Job(datamodule, module, tokenizer_dir)
 
@@ -442,9 +457,10 @@ def run(cfg: DictConfig) -> float | None:
     validate_config(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    if cfg.get("print_config", True):
-        print_config_tree(cfg, out_dir)
+    if rank_zero_only.rank == 0:  # the other ranks of a DDP job share the run directory
+        (out_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if cfg.get("print_config", True):
+            print_config_tree(cfg, out_dir)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     torch.set_float32_matmul_precision(str(cfg.hardware.matmul_precision))
     if cfg.hardware.get("threads"):
@@ -460,6 +476,7 @@ def run(cfg: DictConfig) -> float | None:
     guard = NonFiniteGuard(str(cfg.get("nonfinite", "skip")))
     interrupt = SaveOnInterrupt(str(out_dir / "checkpoints"))
     callbacks = _instantiate_all(cfg.get("callbacks")) + [RunIdentity(), guard, interrupt]
+    callbacks.append(DistributedLayout(*step_layout(cfg)))
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.ProgressBar)]
     if not loggers:
@@ -475,7 +492,7 @@ def run(cfg: DictConfig) -> float | None:
         use_distributed_sampler=False,  # the data modules shard by rank themselves
         plugins=[AtomicCheckpointIO()],
         enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
-        **_trainer_kwargs(cfg),
+        **{**_trainer_kwargs(cfg), **trainer_settings(cfg)},
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
@@ -511,6 +528,12 @@ def run(cfg: DictConfig) -> float | None:
     export_dir = None
     if cfg.get("export", True) and trainer.is_global_zero:
         export_dir = _export(cfg, job, out_dir / "export", {"metrics": metrics, "checkpoint": best or last})
+        onnx = cfg.get("export_onnx") or False
+        if onnx:
+            from bertlab.cli.export import export_to_onnx  # onnx and onnxruntime only when asked
+
+            quantize = "int8" if onnx == "int8" else None
+            export_to_onnx(export_dir, quantize=quantize, threads=cfg.hardware.get("threads") or 1)
 
     summary = {
         "status": "completed",

@@ -55,6 +55,8 @@ def create_instances_from_document(
 
     ``get_document(i)`` returns document ``i`` as a list of segments; it is called for this document
     and for the documents random B segments are drawn from, so the corpus need not be in memory.
+    Tokens are opaque items: whole-word masking passes ``(id, continues-word)`` pairs (and pairs
+    for ``cls_id``/``sep_id``) and gets the same instances as with plain ids.
     """
     if num_documents < 2:
         raise ValueError("next-sentence prediction needs at least 2 documents")

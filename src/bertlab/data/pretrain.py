@@ -25,14 +25,19 @@ import numpy as np
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from bertlab.data.cache import atomic_directory, cache_key, directory_digest
+from bertlab.data.cache import atomic_directory, cache_key, directory_digest, local_rank, wait_for_ready
 from bertlab.data.corpus import Document, check_corpus, iter_documents, iter_hub_documents
 from bertlab.data.default_corpus import write_default_corpus
 from bertlab.data.masking import MaskingConfig, PretrainingCollator
 from bertlab.data.nsp import create_instances_from_document, document_rng
 from bertlab.data.sampler import ResumableDataLoader, ResumableSampler
 from bertlab.data.sentences import split_sentences
-from bertlab.data.tokenizer import load_tokenizer, special_token_ids, train_wordpiece
+from bertlab.data.tokenizer import (
+    load_tokenizer,
+    special_token_ids,
+    train_wordpiece,
+    word_continuation_flags,
+)
 from bertlab.errors import BertlabError
 
 log = logging.getLogger(__name__)
@@ -58,20 +63,31 @@ class InstanceDataset(TorchDataset):
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         # One Arrow read per batch instead of one per row.
         cols = self.table[[int(i) for i in indices]]
-        return [
+        rows = [
             {"input_ids": ids, "a_len": a, "nsp_label": n, "index": int(i)}
             for ids, a, n, i in zip(cols["input_ids"], cols["a_len"], cols["nsp_label"], indices)
         ]
+        if "word_cont" in cols:  # built with whole-word masking: 1 where a token continues a word
+            for row, cont in zip(rows, cols["word_cont"]):
+                row["word_cont"] = cont
+        return rows
 
 
-def _tokenize_lines(batch: dict[str, list], tokenizer: Any, split: bool) -> dict[str, list]:
+def _tokenize_lines(
+    batch: dict[str, list], tokenizer: Any, split: bool, whole_words: bool = False
+) -> dict[str, list]:
     segments = []
+    word_cont = []  # with whole_words: per token, 1 if it continues the previous token's word
     for lines in batch["lines"]:
         if split:
             lines = [s for line in lines for s in split_sentences(line)]
         encodings = tokenizer.encode_batch(lines, add_special_tokens=False)
         segments.append([e.ids for e in encodings])
-    return {"segments": segments}
+        if whole_words:
+            word_cont.append(
+                [word_continuation_flags(t, e.tokens, e.offsets) for t, e in zip(lines, encodings)]
+            )
+    return {"segments": segments, "word_cont": word_cont} if whole_words else {"segments": segments}
 
 
 def _build_instances(
@@ -88,8 +104,18 @@ def _build_instances(
     out: dict[str, list] = {"input_ids": [], "a_len": [], "nsp_label": []}
     num_docs = len(docs)
 
-    def get_document(i: int) -> list[list[int]]:
-        return docs[i]["segments"]
+    whole_words = "word_cont" in docs.column_names
+    if whole_words:
+        out["word_cont"] = []
+        # NSP treats tokens as opaque items: (id, continues-word) pairs go through the same
+        # random choices as plain ids, so the instances are the same with whole words on or off.
+        cls_id, sep_id = (cls_id, 0), (sep_id, 0)  # type: ignore[assignment]
+
+    def get_document(i: int) -> list[list[Any]]:
+        row = docs[i]
+        if whole_words:
+            return [list(zip(ids, cont)) for ids, cont in zip(row["segments"], row["word_cont"])]
+        return row["segments"]
 
     for dupe in range(dupe_factor):
         for doc_index in indices:
@@ -104,7 +130,14 @@ def _build_instances(
                 sep_id,
             )
             for inst in instances:
-                out["input_ids"].append(inst.input_ids)
+                if whole_words:
+                    cont = [c for _, c in inst.input_ids]
+                    # truncation may cut a word: its remaining tokens start a word of their own
+                    cont[1] = cont[inst.a_len] = 0
+                    out["word_cont"].append(cont)
+                    out["input_ids"].append([t for t, _ in inst.input_ids])
+                else:
+                    out["input_ids"].append(inst.input_ids)
                 out["a_len"].append(inst.a_len)
                 out["nsp_label"].append(inst.nsp_label)
     return out
@@ -139,6 +172,7 @@ class PretrainDataModule(L.LightningDataModule):
         pad_to_multiple_of: int | None = None,
         cache_dir: str = ".cache",
         seed: int = 1234,
+        prepare_timeout_s: float = 7200.0,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -176,6 +210,8 @@ class PretrainDataModule(L.LightningDataModule):
         self.pad_to_multiple_of = pad_to_multiple_of
         self.cache_dir = Path(cache_dir)
         self.seed = seed
+        # Ranks other than local rank 0 wait this long for the tokenizer and instances it builds.
+        self.prepare_timeout_s = prepare_timeout_s
         self.train_set: InstanceDataset | None = None
         self.val_set: InstanceDataset | None = None
         self._tokenizer_dir: Path | None = None
@@ -244,6 +280,8 @@ class PretrainDataModule(L.LightningDataModule):
             "corpus": self._corpus_settings(),
         }
         out = self.cache_dir / "tokenizers" / f"wordpiece-{cache_key(settings, self.corpus_files())}"
+        if not (out / "tokenizer.json").exists() and local_rank() != 0:
+            wait_for_ready(out / "tokenizer.json", self.prepare_timeout_s, "the tokenizer")
         if not (out / "tokenizer.json").exists():
             self._check_corpus()
             log.info("training a WordPiece tokenizer (vocab %d) -> %s", settings["vocab_size"], out)
@@ -285,6 +323,7 @@ class PretrainDataModule(L.LightningDataModule):
                 "short_seq_prob": self.short_seq_prob,
                 "split_sentences": self.split_sentences,
                 "dupe_factor": self.dupe_factor,
+                "whole_word_masking": self.whole_word_masking,  # stores word-continuation flags
                 "val_fraction": self.val_fraction,
                 "seed": self.seed,
                 "format": 1,
@@ -297,10 +336,14 @@ class PretrainDataModule(L.LightningDataModule):
         out = self.data_dir()
         if (out / "stats.json").exists():
             return
+        if local_rank() != 0:
+            # Local rank 0 builds the instances; the directory appears whole when it is done.
+            wait_for_ready(out / "stats.json", self.prepare_timeout_s, "the pretraining instances")
+            return
         self._check_corpus()
         tokenizer = load_tokenizer(self.prepare_tokenizer())
         ids = special_token_ids(tokenizer)
-        with atomic_directory(out) as tmp:
+        with atomic_directory(out, keep_existing=True) as tmp:
             docs = datasets.Dataset.from_generator(
                 _generate_docs,
                 gen_kwargs={"spec": self.corpus_spec()},
@@ -320,7 +363,11 @@ class PretrainDataModule(L.LightningDataModule):
                 _tokenize_lines,
                 batched=True,
                 batch_size=64,
-                fn_kwargs={"tokenizer": tokenizer, "split": self.split_sentences},
+                fn_kwargs={
+                    "tokenizer": tokenizer,
+                    "split": self.split_sentences,
+                    "whole_words": self.whole_word_masking,
+                },
                 remove_columns=["lines"],
                 num_proc=self.num_proc,
                 desc="tokenizing",
@@ -353,6 +400,11 @@ class PretrainDataModule(L.LightningDataModule):
                             "input_ids": datasets.Sequence(datasets.Value("int32")),
                             "a_len": datasets.Value("int32"),
                             "nsp_label": datasets.Value("int8"),
+                            **(
+                                {"word_cont": datasets.Sequence(datasets.Value("int8"))}
+                                if self.whole_word_masking
+                                else {}
+                            ),
                         }
                     ),
                     desc=f"building {name} instances",
@@ -360,7 +412,7 @@ class PretrainDataModule(L.LightningDataModule):
                 if len(instances) == 0:
                     raise BertlabError(f"the {name} split produced no NSP instances: is the corpus empty?")
                 instances.save_to_disk(str(tmp / name))
-                labels = np.asarray(instances["nsp_label"])
+                labels = instances.data.column("nsp_label").to_numpy()  # no Python list
                 stats[name] = {
                     "documents": len(split_docs),
                     "instances": len(instances),
@@ -387,7 +439,6 @@ class PretrainDataModule(L.LightningDataModule):
     def _collator(self) -> PretrainingCollator:
         tokenizer = load_tokenizer(self.prepare_tokenizer())
         ids = special_token_ids(tokenizer)
-        vocab = tokenizer.get_vocab()
         cfg = MaskingConfig(
             mask_token_id=ids["mask"],
             pad_token_id=ids["pad"],
@@ -396,15 +447,10 @@ class PretrainDataModule(L.LightningDataModule):
             mlm_probability=self.mlm_probability,
             max_predictions_per_seq=self.max_predictions_per_seq,
         )
-        continuation = None
-        if self.whole_word_masking:
-            continuation = np.zeros(tokenizer.get_vocab_size(), dtype=bool)
-            for token, i in vocab.items():
-                continuation[i] = token.startswith("##")
+        # With whole-word masking the instances carry their word-continuation flags ("word_cont").
         return PretrainingCollator(
             cfg,
             seed=self.seed,
-            continuation_token_mask=continuation,
             whole_word_masking=self.whole_word_masking,
             pad_to_multiple_of=self.pad_to_multiple_of,
         )
@@ -418,8 +464,14 @@ class PretrainDataModule(L.LightningDataModule):
     def train_dataloader(self) -> ResumableDataLoader:
         assert self.train_set is not None, "call setup() first"
         rank, world = self._rank_world()
+        # Micro-batch blocks: the same batches per optimizer step on any number of processes.
         sampler = ResumableSampler(
-            len(self.train_set), seed=self.seed, shuffle=True, rank=rank, world_size=world
+            len(self.train_set),
+            seed=self.seed,
+            shuffle=True,
+            rank=rank,
+            world_size=world,
+            block_size=self.batch_size,
         )
         return ResumableDataLoader(
             self.train_set,
