@@ -322,18 +322,20 @@ torch.set_num_threads({threads})
 files = {[str(f) for f in files]!r}
 tok_dir = {str(minilm_dir())!r}
 side = sys.argv[1]
+if side == "bertlab":  # imports are not part of the timing, on either side
+    from bertlab.data.pretrain import PretrainDataModule
+else:
+    import datasets
+    from transformers import BertTokenizerFast, DataCollatorForLanguageModeling
 t0 = time.perf_counter()
 tokens = batches = 0
 if side == "bertlab":
-    from bertlab.data.pretrain import PretrainDataModule
     dm = PretrainDataModule(source="text_files", files=files, tokenizer={{"path": tok_dir}},
                             max_seq_length={seq}, batch_size={batch}, cache_dir={str(workdir / "pipe-cache")!r}, num_proc=1)
     dm.prepare_data(); dm.setup("fit")
     for b in dm.train_dataloader():
         tokens += int(b["attention_mask"].sum()); batches += 1
 else:
-    import datasets
-    from transformers import BertTokenizerFast, DataCollatorForLanguageModeling
     datasets.disable_caching()
     tok = BertTokenizerFast.from_pretrained(tok_dir)
     raw = datasets.load_dataset("text", data_files={{"train": files}}, cache_dir={str(workdir / "hf-cache")!r})["train"]
@@ -465,7 +467,8 @@ def render(entry: dict[str, Any]) -> str:
     if entry.get("pipeline"):
         p = entry["pipeline"]
         lines += [
-            "Input pipeline, raw text to batches (one process each, same text and tokenizer):",
+            "Input pipeline, raw text to batches (one process each, same text and tokenizer, imports not timed), "
+            f"measured {p.get('date', env['date'])[:16]} with `{p.get('command', entry['command'])}`:",
             "",
             "| pipeline | real tokens | seconds | tokens/s |",
             "|---|---|---|---|",
@@ -642,6 +645,8 @@ def main() -> None:
         if not args.no_pipeline:
             seq, batch = rows_spec[0][1], rows_spec[0][2]
             entry["pipeline"] = time_pipelines(args.files, seq, batch, work, args.threads)
+            entry["pipeline"]["command"] = entry["command"]
+            entry["pipeline"]["date"] = entry["environment"]["date"]
             print(f"pipeline ratio: {entry['pipeline']['ratio_bertlab_over_transformers']:.2f}x", flush=True)
     if args.no_write:
         print(json.dumps(entry, indent=1))
