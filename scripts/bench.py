@@ -49,6 +49,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchenv import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("BERTLAB_DATA", ROOT.parent / "shared" / "data"))
 DEFAULT_FILES = [
@@ -119,14 +121,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
     }
-    try:
-        env["cpu_model"] = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        env["cpu_model"] = platform.processor()
+    env["cpu_model"] = cpu_model()
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
@@ -135,20 +130,26 @@ def environment() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ batches
 
 
-def build_batches(files: list[Path], seq: int, batch: int, count: int, cache_dir: Path, out: Path) -> dict:
-    """``count`` training batches from bertlab's pipeline, saved to ``out`` (tensors only)."""
-    import torch
-
+def corpus_datamodule(files: list[Path], seq: int, batch: int, cache_dir: Path, **kwargs: Any) -> Any:
+    """bertlab's pretraining data over ``files`` with the standard uncased BERT vocabulary."""
     from bertlab.data.pretrain import PretrainDataModule
 
-    dm = PretrainDataModule(
+    return PretrainDataModule(
         source="text_files",
         files=[str(f) for f in files],
         tokenizer={"path": str(minilm_dir())},
         max_seq_length=seq,
         batch_size=batch,
         cache_dir=str(cache_dir),
+        **kwargs,
     )
+
+
+def build_batches(files: list[Path], seq: int, batch: int, count: int, cache_dir: Path, out: Path) -> dict:
+    """``count`` training batches from bertlab's pipeline, saved to ``out`` (tensors only)."""
+    import torch
+
+    dm = corpus_datamodule(files, seq, batch, cache_dir)
     dm.prepare_data()
     dm.setup("fit")
     batches = []
@@ -373,19 +374,16 @@ def time_data_wait(
     """Share of a bertlab training loop's step time spent waiting for the real DataLoader."""
     import torch
 
-    from bertlab.data.pretrain import PretrainDataModule
     from bertlab.encoder import BertConfig, BertForPretraining, pretraining_loss
     from bertlab.tasks.optim import param_groups
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    dm = PretrainDataModule(
-        source="text_files",
-        files=[str(f) for f in files],
-        tokenizer={"path": str(minilm_dir())},
-        max_seq_length=seq,
-        batch_size=batch,
-        cache_dir=spec["cache_dir"],
+    dm = corpus_datamodule(
+        files,
+        seq,
+        batch,
+        Path(spec["cache_dir"]),
         num_workers=spec["num_workers"],
         pin_memory=device.type == "cuda",
     )

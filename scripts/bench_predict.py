@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from benchenv import cpu_model
 from bertlab.cli.export import export_to_onnx, resolve_export_dir
 from bertlab.cli.predict import OnnxLogits, load_predictor, predict_classify
 from bertlab.data.cache import directory_digest
@@ -53,16 +54,6 @@ def read_tsv(path: Path, text_column: str, label_column: str) -> tuple[list[str]
         texts.append(fields[ti].strip())
         labels.append(fields[li].strip())
     return texts, labels
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def training_of(model: Path) -> dict[str, Any] | None:
@@ -170,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "command": command,
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "device": f"{cpu_name()}, {os.cpu_count()} cores (shared machine)",
+        "device": f"{cpu_model()}, {os.cpu_count()} cores (shared machine)",
         "load_average_1min": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
         "versions": {
             "python": platform.python_version(),

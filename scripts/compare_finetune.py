@@ -57,6 +57,8 @@ from typing import Any
 
 import lightning as L
 
+from benchenv import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve()
 
@@ -689,6 +691,10 @@ def bertlab_command(args: argparse.Namespace, spec: dict[str, Any], timer_path: 
         f"hardware.threads={args.threads}",
         "logger=csv",
         f"seed={args.seed}",
+        # The settings of the comparison, whatever the recipe's own choices (transformers' heads pool
+        # with the [CLS] pooler, and both sides use the spec's learning rate).
+        f"optimizer.lr={spec['lr']}",
+        *(["task.pooling=cls"] if spec["kind"] == "classify" else []),
         "+callbacks.fit_timer._target_=compare_finetune.FitTimer",
         f"+callbacks.fit_timer.path={timer_path}",
     ]
@@ -837,20 +843,10 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "lightning": lightning.__version__,
         "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "torch_threads_per_side": args.threads,
         "platform": platform.platform(),
     }
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 METRIC_ROWS = {
