@@ -157,14 +157,19 @@ def build_batches(files: list[Path], seq: int, batch: int, count: int, cache_dir
         batches.append(b)
         if len(batches) == count:
             break
-    if len(batches) < count:
-        sys.exit(
-            f"bench: the corpus gives {len(batches)} batches of {batch}, {count} needed (give more text)"
-        )
+    if not batches:
+        sys.exit(f"bench: the corpus gives no batch of {batch} sequences (give more text)")
+    distinct = len(batches)
+    batches = [batches[i % distinct] for i in range(count)]  # a small corpus is cycled, never padded out
     torch.save(batches, out)
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     total = sum(b["attention_mask"].numel() for b in batches)
-    return {"batches": count, "real_token_share": real / total, "instances_in_corpus": len(dm.train_set)}
+    return {
+        "batches": count,
+        "distinct_batches": distinct,
+        "real_token_share": real / total,
+        "instances_in_corpus": len(dm.train_set),
+    }
 
 
 # ------------------------------------------------------------------------------------------ child side
@@ -526,7 +531,10 @@ def write_docs(results: dict[str, Any], md_path: Path) -> None:
         if mode in results:
             body.append(render(results[mode]))
         else:
-            body.append(f"### {mode.upper()} mode\n\nunmeasured (no {mode.upper()} run recorded yet).\n")
+            body.append(
+                f"### {mode.upper()} mode\n\nunmeasured (no {mode.upper()} run recorded yet; on a machine with one: "
+                f"`python scripts/bench.py --mode {mode}{' --compiled' if mode == 'gpu' else ''}`).\n"
+            )
     replace_between(md_path, MARK_BEGIN, MARK_END, "\n".join(body))
 
 
