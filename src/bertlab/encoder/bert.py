@@ -250,9 +250,12 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         x = self.attention_norm(x + self.dropout(self.attention(x, attn_mask)))
+        return self.feed_forward(x)
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        """The feed-forward block with its residual and LayerNorm, position by position."""
         # F.gelu defaults to the exact erf form, i.e. HF's "gelu" (not the tanh approximation).
-        x = self.ffn_norm(x + self.dropout(self.ffn_down(F.gelu(self.ffn_up(x)))))
-        return x
+        return self.ffn_norm(x + self.dropout(self.ffn_down(F.gelu(self.ffn_up(x)))))
 
     def forward_selected(self, x: Tensor, attn_mask: Tensor | None, selected: Tensor) -> Tensor:
         """The layer's output at the ``selected`` positions only (bool [B, T]), as [N, H] in row-major
@@ -266,8 +269,7 @@ class TransformerLayer(nn.Module):
         queries = x.new_zeros(x.shape[0], int(counts.max()) if rows.numel() else 0, x.shape[2])
         queries[rows, slots] = residual
         attended = self.attention.forward_queries(x, queries, attn_mask)[rows, slots]
-        h = self.attention_norm(residual + self.dropout(attended))
-        return self.ffn_norm(h + self.dropout(self.ffn_down(F.gelu(self.ffn_up(h)))))
+        return self.feed_forward(self.attention_norm(residual + self.dropout(attended)))
 
 
 class BertEncoder(nn.Module):
@@ -303,14 +305,20 @@ class BertEncoder(nn.Module):
         attention_mask [B, T] is 1/True for real tokens and 0/False for padding (None: attend to all).
         A row whose mask is all zeros attends to nothing (SDPA gives zeros there), unlike HF's uniform attention.
         """
-        attn_mask = None
-        if attention_mask is not None:
-            attn_mask = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T], broadcast over heads/queries
-        x = self.embeddings(input_ids, token_type_ids)
+        x, attn_mask = self._embed(input_ids, attention_mask, token_type_ids)
         for layer in self.layers:
             x = layer(x, attn_mask)
         pooled = torch.tanh(self.pooler(x[:, 0]))
         return x, pooled
+
+    def _embed(
+        self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """(embeddings [B, T, H], the attention mask the layers take: bool [B, 1, 1, T] or None)."""
+        attn_mask = None
+        if attention_mask is not None:
+            attn_mask = attention_mask.bool()[:, None, None, :]  # broadcast over heads and queries
+        return self.embeddings(input_ids, token_type_ids), attn_mask
 
     def forward_selected(
         self,
@@ -326,10 +334,7 @@ class BertEncoder(nn.Module):
         layer runs queries, output projection and feed-forward on the selected positions and [CLS]
         (for the pooler). Same values as ``forward`` (to float rounding); less work.
         """
-        attn_mask = None
-        if attention_mask is not None:
-            attn_mask = attention_mask.bool()[:, None, None, :]
-        x = self.embeddings(input_ids, token_type_ids)
+        x, attn_mask = self._embed(input_ids, attention_mask, token_type_ids)
         for layer in self.layers[:-1]:
             x = layer(x, attn_mask)
         with_cls = selected.clone()
