@@ -89,3 +89,53 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_one_line(tmp_path):
     (run_dir,) = list(runs.iterdir())
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] > 0
+
+
+def test_a_kill_at_any_checkpoint_write_leaves_a_resumable_run(compose_cfg, monkeypatch):
+    """Each checkpoint write or delete is a moment a kill can land. After every one of them,
+    last.ckpt must name a best checkpoint that exists (else the resumed run fails at the end), and
+    a last.ckpt from a validation step must postdate that validation (else the resumed run skips
+    it). One last.ckpt, never last-v1.ckpt."""
+    from bertlab.cli.callbacks import AtomicCheckpointIO
+
+    cfg = compose_cfg(["trainer.max_steps=12", "trainer.val_check_interval=4", "trainer.log_every_n_steps=1",
+                       "callbacks.periodic_checkpoint.every_n_train_steps=2"])  # fmt: skip
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    validated: list[int] = []
+    deleted: list[str] = []
+
+    def check_folder() -> None:
+        assert [p.name for p in folder.glob("last*.ckpt")] == ["last.ckpt"]
+        state = torch.load(folder / "last.ckpt", weights_only=True)
+        (best,) = [v["best_model_path"] for v in state["callbacks"].values() if v.get("monitor")]
+        assert not best or Path(best).is_file(), (
+            f"last.ckpt (step {state['global_step']}) names a deleted {best}"
+        )
+        step = state["global_step"]
+        assert step % 4 or step in validated, f"last.ckpt of step {step} was written before its validation"
+
+    save, remove = AtomicCheckpointIO.save_checkpoint, AtomicCheckpointIO.remove_checkpoint
+
+    def save_and_check(self, checkpoint, path, storage_options=None):
+        save(self, checkpoint, path, storage_options)
+        check_folder()
+
+    def remove_and_check(self, path):
+        remove(self, path)
+        deleted.append(Path(path).name)
+        check_folder()
+
+    original_end = PretrainModule.on_validation_epoch_end
+
+    def on_validation_epoch_end(self):
+        original_end(self)
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            validated.append(self.global_step)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save_and_check)
+    monkeypatch.setattr(AtomicCheckpointIO, "remove_checkpoint", remove_and_check)
+    monkeypatch.setattr(PretrainModule, "on_validation_epoch_end", on_validation_epoch_end)
+    run(cfg)
+    assert validated == [4, 8, 12]
+    assert deleted, "no best checkpoint was superseded: the test did not exercise a deletion"
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 12

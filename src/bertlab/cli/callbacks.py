@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -104,6 +105,58 @@ class SaveOnInterrupt(L.Callback):
             path = f"{self.dirpath}/last.ckpt"
             trainer.save_checkpoint(path)
             self.saved = path
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` keeping the best checkpoint by the monitored metric, and
+    ``last.ckpt``, with one change: a superseded best file is deleted only after a ``last.ckpt``
+    naming its successor is on disk. Lightning deletes it first, so a run killed between the two
+    left a ``last.ckpt`` whose best checkpoint was gone, and the resumed run failed at the end."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # last.ckpt is shared with PeriodicCheckpoint: overwrite it, never write last-v1.ckpt.
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(*args, **kwargs)
+        self._superseded: list[str] = []
+
+    def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        self._superseded.append(filepath)
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        while self._superseded:
+            super()._remove_checkpoint(trainer, self._superseded.pop())
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` steps, what a killed run resumes from. At a step
+    where validation follows, it is written after that validation: Lightning's resume treats a
+    checkpoint from before it as if the validation had run, and would skip it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(*args, **kwargs)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if _validation_follows(trainer):
+            return  # saved in on_validation_end instead
+        super().on_train_batch_end(trainer, pl_module, *args)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        n = self._every_n_train_steps
+        due = n >= 1 and trainer.global_step % n == 0 and self._last_global_step_saved != trainer.global_step
+        if due and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _validation_follows(trainer: L.Trainer) -> bool:
+    """Whether the fit loop runs validation right after the current training batch (the loop's
+    own test, asked from ``on_train_batch_end``)."""
+    loop = trainer.fit_loop.epoch_loop
+    if not trainer.training or loop._skip_next_val:
+        return False
+    return bool(loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
