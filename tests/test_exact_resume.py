@@ -1,5 +1,6 @@
 """Kill a run anywhere, resume it, and it continues as if nothing happened: every per-step loss
-logged after the resume equals the uninterrupted run's, bitwise (CPU, one thread)."""
+logged after the resume equals the uninterrupted run's, bitwise (CPU, one thread); after a SIGTERM
+the whole metrics.csv does."""
 
 from __future__ import annotations
 
@@ -79,14 +80,26 @@ def _runs(root: Path) -> set[Path]:
 
 
 @pytest.fixture(scope="module")
-def reference(job) -> dict[int, str]:
+def reference_dir(job) -> Path:
     root, args = job
     before = _runs(root)
     _run(args, root)
     (run_dir,) = _runs(root) - before
-    losses = _losses(run_dir)
-    assert sorted(losses) == list(range(24))
-    return losses
+    assert sorted(_losses(run_dir)) == list(range(24))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_dir) -> dict[int, str]:
+    return _losses(reference_dir)
+
+
+def _cells(run_dir: Path) -> list[tuple[int, str, str]]:
+    """Every (step, column, value) of metrics.csv, as written."""
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        return sorted(
+            (int(r["step"]), k, v) for r in csv.DictReader(f) for k, v in r.items() if v and k != "step"
+        )
 
 
 def _kill_after_checkpoint_at(root: Path, args: list[str], step: int, sig: int) -> Path:
@@ -141,3 +154,22 @@ def test_killed_run_resumes_with_identical_losses(job, reference, kill_step, sig
     assert after, resumed
     for s in after:
         assert resumed[s] == reference[s], (s, resumed[s], reference[s])
+
+
+# Step 16 is a validation step (val_check_interval=8): SIGTERM right after its training batch, and
+# right after its validation. Lightning's resume of such a checkpoint counted the step twice for
+# the loggers (every later row one step late), and its CSV logger deleted the rows of the first
+# part; the resumed run's metrics.csv must now equal the uninterrupted run's, cell for cell.
+@pytest.mark.parametrize("hook", [pytest.param("train_batch_end", marks=pytest.mark.slow), "validation_end"])
+def test_sigterm_at_a_validation_step_resumes_with_the_same_log(job, reference_dir, hook):
+    root, args = job
+    before = _runs(root)
+    killed = subprocess.run([sys.executable, "-m", "bertlab.cli.train", *args,
+                             "+callbacks.sigterm._target_=tests.sigterm_at.SigtermAt", "+callbacks.sigterm.step=16",
+                             f"+callbacks.sigterm.hook={hook}"],
+                            env=_env(root), cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert killed.returncode == 143, killed.stderr[-2000:]
+    (run_dir,) = _runs(root) - before
+    assert max(_losses(run_dir)) == 15
+    _run([f"resume={run_dir}"], root)
+    assert _cells(run_dir) == _cells(reference_dir)

@@ -97,14 +97,44 @@ class SaveOnInterrupt(L.Callback):
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
         self.saved: str | None = None
+        self._at_validation_step = False
+        self._sigterm_after_validation = False
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.global_step > 0:
             path = f"{self.dirpath}/last.ckpt"
-            trainer.save_checkpoint(path)
+            self._at_validation_step = _validation_follows(trainer)
+            try:
+                trainer.save_checkpoint(path)
+            finally:
+                self._at_validation_step = False
             self.saved = path
+
+    # A SIGTERM during a validation within fit takes effect when that validation is over. Lightning
+    # stops the validation halfway, and a run resumed from there never logged that validation.
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.received_sigterm:
+            self._sigterm_after_validation = True
+            trainer._signal_connector.received_sigterm = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._sigterm_after_validation:
+            self._sigterm_after_validation = False
+            trainer._signal_connector.received_sigterm = True
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning resumes a checkpoint of a finished step that was also a validation step by
+        # replaying the end of that step, which counts it for the loggers a second time: every
+        # step after the resume was logged one step late. Count it once here.
+        if self._at_validation_step:
+            loop = checkpoint["loops"]["fit_loop"]
+            progress = loop["epoch_loop.batch_progress"]["total"]
+            if progress["completed"] == progress["processed"]:
+                loop["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
 
 
 class BestCheckpoint(ModelCheckpoint):
@@ -141,6 +171,14 @@ class PeriodicCheckpoint(ModelCheckpoint):
         if _validation_follows(trainer):
             return  # saved in on_validation_end instead
         super().on_train_batch_end(trainer, pl_module, *args)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A last.ckpt of this step written after its validation stays: a checkpoint from the end of
+        # fit marks the epoch finished, and a run resumed from it (to go on to more steps) would
+        # start the next epoch instead of continuing this one.
+        steps = [c._last_global_step_saved for c in trainer.checkpoint_callbacks if c.save_last]  # type: ignore[attr-defined]
+        if trainer.global_step not in steps:
+            super().on_train_end(trainer, pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

@@ -217,7 +217,17 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
                 wandb_cfg["group"] = f"{cfg.task.name}-{Path(hydra_cfg.sweep.dir).name}"
         except ValueError:
             pass
-    return [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
+    loggers = [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
+    if ckpt_path:
+        from bertlab.cli.csv_logger import CSVLogger
+        from bertlab.tasks.init_from import safe_torch_load
+
+        csv_loggers = [lg for lg in loggers if isinstance(lg, CSVLogger)]
+        if csv_loggers:
+            step = int(safe_torch_load(Path(ckpt_path))["global_step"])
+            for lg in csv_loggers:
+                lg.keep_before_step = step
+    return loggers
 
 
 @dataclass
