@@ -149,6 +149,29 @@ def test_waiting_rank_times_out_clearly(tmp_path: Path, monkeypatch: pytest.Monk
     assert not (tmp_path / "cache" / "tokenizers").exists()
 
 
+def test_validation_covers_every_instance_once_on_any_number_of_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An odd number of validation instances on 2 processes: the sharding once dropped the last one
+    # (the 2-process validation loss then differed from 1 process whenever the count was odd).
+    dm = PretrainDataModule(
+        source="generated",
+        generated_documents=60,
+        max_seq_length=32,
+        tokenizer={"vocab_size": 300},
+        cache_dir=str(tmp_path / "cache"),
+        eval_batch_size=4,
+    )
+    dm.setup()
+    n = len(dm.val_set)
+    for world in (1, 2, 3, n + 1):
+        shares = []
+        for rank in range(world):
+            monkeypatch.setattr(dm, "_rank_world", lambda r=rank, w=world: (r, w))
+            shares.append([i for batch in dm.val_dataloader().batch_sampler for i in batch])
+        assert sorted(i for share in shares for i in share) == list(range(n)), world
+
+
 def test_atomic_directory_keeps_a_finished_copy(tmp_path: Path) -> None:
     final = tmp_path / "entry"
     with atomic_directory(final, keep_existing=True) as tmp:
@@ -211,9 +234,10 @@ def _one_and_two_processes(bertlab_root: Path, tmp_path: Path) -> tuple[dict, di
 
 @pytest.mark.slow
 def test_two_processes_give_the_same_validation_metrics(bertlab_root: Path, tmp_path: Path) -> None:
-    """Slow suite for now: in about a third of the runs on the development machine the 2-process
-    validation MLM loss came out 5.6398 against 5.6448 for 1 process (same weights both times);
-    the cause is not found yet."""
+    """Slow suite. It failed in about a third of the runs until the validation sharding stopped
+    dropping the last instance of an odd count (tokenizer training is not deterministic upstream,
+    so the count varied between 34 and 35 from one session to the next); the deterministic check is
+    test_validation_covers_every_instance_once_on_any_number_of_processes."""
     s1, s2, _ = _one_and_two_processes(bertlab_root, tmp_path)
     for name in ("val/mlm_loss", "val/nsp_loss"):
         assert s1["metrics"][name] == pytest.approx(s2["metrics"][name], rel=1e-5)

@@ -487,15 +487,15 @@ class PretrainDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"
         rank, world = self._rank_world()
-        sampler = ResumableSampler(
-            len(self.val_set), seed=self.seed, shuffle=False, rank=rank, world_size=world
-        )
+        # Every instance exactly once over all ranks (shares may differ by one; the metrics sum
+        # over ranks), so validation gives the same figures on any number of processes.
+        shard = range(rank, len(self.val_set), world)
         # Validation masks the same positions every time (the collator's epoch stays 0), so
         # successive checks are comparable.
         return DataLoader(
             self.val_set,
             batch_size=self.eval_batch_size,
-            sampler=sampler,
+            sampler=shard,
             collate_fn=self._collator(),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
