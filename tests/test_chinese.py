@@ -145,15 +145,7 @@ def test_english_pieces_join_their_word_and_never_cross_scripts(zh_tokenizer: Pa
 
 
 def _masking_setup(tok):
-    ids = special_token_ids(tok)
-    cfg = MaskingConfig(
-        mask_token_id=ids["mask"],
-        pad_token_id=ids["pad"],
-        special_token_ids=tuple(sorted(set(ids.values()))),
-        vocab_size=tok.get_vocab_size(),
-        max_predictions_per_seq=20,
-    )
-    return cfg, ids
+    return MaskingConfig.from_tokenizer(tok, max_predictions_per_seq=20), special_token_ids(tok)
 
 
 def test_whole_word_masking_keeps_words_and_rates(zh_tokenizer: Path) -> None:

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
+
+from bertlab.data.tokenizer import special_token_ids
 
 IGNORE_INDEX = -100
 
@@ -30,6 +34,19 @@ class MaskingConfig:
     max_predictions_per_seq: int = 20
     mask_replace_prob: float = 0.8  # share of chosen tokens that become [MASK]
     random_replace_prob: float = 0.1  # share that become a random token; the rest stay
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Tokenizer, **settings: Any) -> MaskingConfig:
+        """The token ids a tokenizer gives ([MASK], [PAD], every special token, the vocabulary
+        size), with the rates and caps in ``settings``."""
+        ids = special_token_ids(tokenizer)
+        return cls(
+            mask_token_id=ids["mask"],
+            pad_token_id=ids["pad"],
+            special_token_ids=tuple(sorted(set(ids.values()))),
+            vocab_size=tokenizer.get_vocab_size(),
+            **settings,
+        )
 
 
 def sequence_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -437,13 +437,8 @@ class PretrainDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------------- loaders
 
     def _collator(self) -> PretrainingCollator:
-        tokenizer = load_tokenizer(self.prepare_tokenizer())
-        ids = special_token_ids(tokenizer)
-        cfg = MaskingConfig(
-            mask_token_id=ids["mask"],
-            pad_token_id=ids["pad"],
-            special_token_ids=tuple(sorted(set(ids.values()))),
-            vocab_size=tokenizer.get_vocab_size(),
+        cfg = MaskingConfig.from_tokenizer(
+            load_tokenizer(self.prepare_tokenizer()),
             mlm_probability=self.mlm_probability,
             max_predictions_per_seq=self.max_predictions_per_seq,
         )
