@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -103,36 +102,16 @@ def _cells(run_dir: Path) -> list[tuple[int, str, str]]:
 
 
 def _kill_after_checkpoint_at(root: Path, args: list[str], step: int, sig: int) -> Path:
+    """Run the job and have it send itself ``sig`` when step ``step`` is done and its checkpoints
+    are written (at the start of the next batch): an exact point, not a timed one."""
     before = _runs(root)
-    proc = subprocess.Popen([sys.executable, "-m", "bertlab.cli.train", *args], env=_env(root), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline:
-            found = [p for d in _runs(root) - before for p in d.glob("checkpoints/last*.ckpt")]
-            done = [p for p in found if _ckpt_step(p) >= step]
-            if done:
-                proc.send_signal(sig)
-                break
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.05)
-        else:
-            pytest.fail("no checkpoint in time")
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = subprocess.run([sys.executable, "-m", "bertlab.cli.train", *args,
+                           "+callbacks.kill._target_=tests.sigterm_at.SigtermAt", f"+callbacks.kill.step={step}",
+                           "+callbacks.kill.hook=train_batch_start", f"+callbacks.kill.signum={int(sig)}"],
+                          env=_env(root), cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode in (-int(sig), 128 + int(sig)), proc.stderr[-2000:]
     (run_dir,) = _runs(root) - before
     return run_dir
-
-
-def _ckpt_step(path: Path) -> int:
-    import torch
-
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-    except Exception:
-        return -1
 
 
 # One kill point in the default suite, all three in the slow one (make test-slow).
@@ -147,7 +126,7 @@ KILLS = [
 def test_killed_run_resumes_with_identical_losses(job, reference, kill_step, sig):
     root, args = job
     run_dir = _kill_after_checkpoint_at(root, args, kill_step, sig)
-    _run([f"resume={run_dir}"], root)
+    _run([f"resume={run_dir}", "callbacks.kill.step=-1"], root)  # the resumed run keeps its overrides
     resumed = _losses(run_dir)
     assert max(resumed) == 23
     after = [s for s in resumed if s >= kill_step]
