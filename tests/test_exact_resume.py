@@ -101,16 +101,26 @@ def _cells(run_dir: Path) -> list[tuple[int, str, str]]:
         )
 
 
-def _kill_after_checkpoint_at(root: Path, args: list[str], step: int, sig: int) -> Path:
-    """Run the job and have it send itself ``sig`` when step ``step`` is done and its checkpoints
-    are written (at the start of the next batch): an exact point, not a timed one."""
+def _signal_at(root: Path, args: list[str], step: int, hook: str, sig: int) -> tuple[int, Path]:
+    """Run the job and have it send itself ``sig`` at ``hook`` of step ``step`` (an exact point,
+    not a timed one): (its exit status, its run directory)."""
     before = _runs(root)
     proc = subprocess.run([sys.executable, "-m", "bertlab.cli.train", *args,
-                           "+callbacks.kill._target_=tests.sigterm_at.SigtermAt", f"+callbacks.kill.step={step}",
-                           "+callbacks.kill.hook=train_batch_start", f"+callbacks.kill.signum={int(sig)}"],
+                           "+callbacks.kill._target_=tests.signal_at.SignalAt", f"+callbacks.kill.step={step}",
+                           f"+callbacks.kill.hook={hook}", f"+callbacks.kill.signum={int(sig)}"],
                           env=_env(root), cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode in (-int(sig), 128 + int(sig)), proc.stderr[-2000:]
     (run_dir,) = _runs(root) - before
+    return proc.returncode, run_dir
+
+
+def _resume(run_dir: Path, root: Path) -> None:
+    _run([f"resume={run_dir}", "callbacks.kill.step=-1"], root)  # the resumed run keeps its overrides
+
+
+def _kill_after_checkpoint_at(root: Path, args: list[str], step: int, sig: int) -> Path:
+    """Killed when step ``step`` is done and its checkpoints are written (start of the next batch)."""
+    status, run_dir = _signal_at(root, args, step, "train_batch_start", sig)
+    assert status in (-int(sig), 128 + int(sig)), status
     return run_dir
 
 
@@ -126,7 +136,7 @@ KILLS = [
 def test_killed_run_resumes_with_identical_losses(job, reference, kill_step, sig):
     root, args = job
     run_dir = _kill_after_checkpoint_at(root, args, kill_step, sig)
-    _run([f"resume={run_dir}", "callbacks.kill.step=-1"], root)  # the resumed run keeps its overrides
+    _resume(run_dir, root)
     resumed = _losses(run_dir)
     assert max(resumed) == 23
     after = [s for s in resumed if s >= kill_step]
@@ -142,13 +152,8 @@ def test_killed_run_resumes_with_identical_losses(job, reference, kill_step, sig
 @pytest.mark.parametrize("hook", [pytest.param("train_batch_end", marks=pytest.mark.slow), "validation_end"])
 def test_sigterm_at_a_validation_step_resumes_with_the_same_log(job, reference_dir, hook):
     root, args = job
-    before = _runs(root)
-    killed = subprocess.run([sys.executable, "-m", "bertlab.cli.train", *args,
-                             "+callbacks.sigterm._target_=tests.sigterm_at.SigtermAt", "+callbacks.sigterm.step=16",
-                             f"+callbacks.sigterm.hook={hook}"],
-                            env=_env(root), cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert killed.returncode == 143, killed.stderr[-2000:]
-    (run_dir,) = _runs(root) - before
+    status, run_dir = _signal_at(root, args, 16, hook, signal.SIGTERM)
+    assert status == 143
     assert max(_losses(run_dir)) == 15
-    _run([f"resume={run_dir}"], root)
+    _resume(run_dir, root)
     assert _cells(run_dir) == _cells(reference_dir)

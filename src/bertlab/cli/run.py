@@ -204,13 +204,19 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
     if not group:
         return []
     group = OmegaConf.to_container(group, resolve=True)
+    resumed: dict[str, Any] = {}
+    if ckpt_path:
+        # What the loggers need from the checkpoint resumed, read once.
+        from bertlab.tasks.init_from import safe_torch_load
+
+        saved = safe_torch_load(Path(ckpt_path))
+        resumed = {"global_step": int(saved["global_step"]), "wandb_run_id": saved.get("wandb_run_id")}
+        del saved
     wandb_cfg = group.get("wandb")
     if wandb_cfg is not None:
         wandb_cfg.pop("log_export", None)  # ours, not WandbLogger's (see _log_export_artifact)
-        if ckpt_path and not wandb_cfg.get("id"):
-            from bertlab.tasks.init_from import safe_torch_load
-
-            wandb_cfg["id"] = safe_torch_load(Path(ckpt_path)).get("wandb_run_id")
+        if resumed and not wandb_cfg.get("id"):
+            wandb_cfg["id"] = resumed["wandb_run_id"]
         try:
             hydra_cfg = HydraConfig.get()
             if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -218,15 +224,12 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
         except ValueError:
             pass
     loggers = [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
-    if ckpt_path:
+    if resumed:
         from bertlab.cli.csv_logger import CSVLogger
-        from bertlab.tasks.init_from import safe_torch_load
 
-        csv_loggers = [lg for lg in loggers if isinstance(lg, CSVLogger)]
-        if csv_loggers:
-            step = int(safe_torch_load(Path(ckpt_path))["global_step"])
-            for lg in csv_loggers:
-                lg.keep_before_step = step
+        for lg in loggers:
+            if isinstance(lg, CSVLogger):
+                lg.keep_before_step = resumed["global_step"]
     return loggers
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 
 
-class SigtermAt(L.Callback):
+class SignalAt(L.Callback):
     def __init__(self, step: int, hook: str = "train_batch_end", signum: int = signal.SIGTERM) -> None:
         self.step = step
         self.hook = hook
