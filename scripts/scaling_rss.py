@@ -7,11 +7,14 @@ training steps) in a fresh cache, and samples the memory of the whole process tr
 RSS (which also counts the pages of memory-mapped Arrow files that are resident, a cache the kernel
 can drop) and RssAnon (the process's own heap, what a growing Python list would show in).
 
-``--cap-mb N`` runs the job under ``RLIMIT_DATA`` of N MiB (private writable memory: the heap and
-anonymous mappings, not memory-mapped files), so a pipeline that materialised the corpus would fail.
+``--cap-mb N`` runs the job in a memory cgroup limited to N MiB (cgroup v2 ``memory.max`` or v1
+``memory.limit_in_bytes``; needs write access to ``/sys/fs/cgroup``, e.g. root in a container). The
+limit counts everything the job's processes hold in RAM, page cache included, and there is no swap
+to spill to here: a pipeline that materialised the corpus is killed by the kernel. The cgroup's own
+peak and its OOM-kill count are reported beside the sampled figures.
 
     python scripts/scaling_rss.py --sizes-mb 25 100 400 --workdir /tmp/bertlab_scaling
-    python scripts/scaling_rss.py --sizes-mb 400 --cap-mb 3000 --workdir /tmp/bertlab_scaling
+    python scripts/scaling_rss.py --sizes-mb 4096 --cap-mb 1024 --num-proc 2 --workdir /tmp/bertlab_scaling
 
 Delete ``--workdir`` afterwards (``--clean`` does it): the corpora and caches are large.
 """
@@ -22,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -79,16 +81,49 @@ def _tree_memory(proc: psutil.Process) -> tuple[int, int]:
     return rss, anon
 
 
-def _limit(cap_mb: int | None):  # noqa: ANN202 - a preexec_fn
-    def apply() -> None:
-        if cap_mb:
-            cap = cap_mb * 2**20
-            resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+class MemoryCgroup:
+    """A fresh memory cgroup limited to ``cap_mb`` MiB (v2 or v1), removed by :meth:`close`."""
 
-    return apply
+    def __init__(self, cap_mb: int, name: str) -> None:
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        self.v2 = v2.exists() and "memory" in v2.read_text().split()
+        self.path = Path("/sys/fs/cgroup" if self.v2 else "/sys/fs/cgroup/memory") / name
+        try:
+            self.path.mkdir(exist_ok=True)
+            limit = "memory.max" if self.v2 else "memory.limit_in_bytes"
+            (self.path / limit).write_text(str(cap_mb * 2**20))
+            swap = self.path / ("memory.swap.max" if self.v2 else "memory.memsw.limit_in_bytes")
+            if swap.exists():  # no spilling to swap: v2 counts swap apart, v1 counts memory + swap
+                swap.write_text("0" if self.v2 else str(cap_mb * 2**20))
+        except OSError as e:
+            raise SystemExit(
+                f"cannot create a memory cgroup at {self.path} ({e}): --cap-mb needs cgroup write access"
+            ) from None
+
+    def add_self(self) -> None:  # a preexec_fn: the job and all its children run in the cgroup
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def peak_mb(self) -> int | None:
+        name = "memory.peak" if self.v2 else "memory.max_usage_in_bytes"
+        f = self.path / name
+        return round(int(f.read_text()) / 2**20) if f.exists() else None
+
+    def oom_kills(self) -> int:
+        f = self.path / ("memory.events" if self.v2 else "memory.oom_control")
+        for line in f.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def close(self) -> None:
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
 
 
-def train_command(corpus: Path, steps: int) -> list[str]:
+def train_command(corpus: Path, steps: int, num_proc: int | None, tokenizer: Path | None = None) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -103,19 +138,34 @@ def train_command(corpus: Path, steps: int) -> list[str]:
         "hardware.threads=1",
         "export=false",
         "print_config=false",
+        *([f"data.num_proc={num_proc}"] if num_proc else []),
+        *([f"tokenizer.path={tokenizer}"] if tokenizer else []),
     ]
 
 
-def measure(corpus: Path, workdir: Path, steps: int, cap_mb: int | None) -> dict:
+def measure(
+    corpus: Path,
+    workdir: Path,
+    steps: int,
+    cap_mb: int | None,
+    num_proc: int | None = None,
+    tokenizer: Path | None = None,
+) -> dict:
     root = workdir / f"root-{corpus.stem}-{cap_mb or 0}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     env = {**os.environ, "BERTLAB_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
-    cmd = train_command(corpus, steps)
+    cmd = train_command(corpus, steps, num_proc, tokenizer)
+    cgroup = MemoryCgroup(cap_mb, f"bertlab-scaling-{os.getpid()}") if cap_mb else None
     started = time.time()
     with (root / "train.out").open("w") as out:
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_limit(cap_mb)
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=cgroup.add_self if cgroup else None,
         )
         ps = psutil.Process(proc.pid)
         peak_rss = peak_anon = 0
@@ -123,11 +173,17 @@ def measure(corpus: Path, workdir: Path, steps: int, cap_mb: int | None) -> dict
             rss, anon = _tree_memory(ps)
             peak_rss, peak_anon = max(peak_rss, rss), max(peak_anon, anon)
             time.sleep(0.1)
+    capped = {}
+    if cgroup:
+        capped = {"cgroup_peak_mb": cgroup.peak_mb(), "oom_kills": cgroup.oom_kills()}
+        cgroup.close()
     summaries = list((root / "logs").glob("pretrain/runs/*/summary.json"))
     data = json.loads(summaries[0].read_text()).get("data", {}) if summaries else {}
     return {
         "corpus_mb": round(corpus.stat().st_size / 2**20, 1),
         "cap_mb": cap_mb,
+        **capped,
+        "num_proc": num_proc,
         "exit": proc.returncode,
         "seconds": round(time.time() - started, 1),
         "peak_rss_mb": round(peak_rss / 2**20),
@@ -143,13 +199,17 @@ def main() -> None:
     ap.add_argument("--sizes-mb", type=float, nargs="+", default=[25, 100, 400])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bertlab_scaling"))
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--cap-mb", type=int, default=None, help="RLIMIT_DATA for the run, in MiB")
+    ap.add_argument("--cap-mb", type=int, default=None, help="memory cgroup limit for the run, in MiB")
+    ap.add_argument("--num-proc", type=int, default=None, help="data.num_proc for the preparation")
+    ap.add_argument(
+        "--tokenizer", type=Path, default=None, help="a trained tokenizer (skips WordPiece training)"
+    )
     ap.add_argument("--clean", action="store_true", help="delete --workdir at the end")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     for size in args.sizes_mb:
         corpus = write_corpus(args.workdir / f"corpus-{size:g}mb.txt", size)
-        result = measure(corpus, args.workdir, args.steps, args.cap_mb)
+        result = measure(corpus, args.workdir, args.steps, args.cap_mb, args.num_proc, args.tokenizer)
         print(json.dumps(result), flush=True)
     if args.clean:
         shutil.rmtree(args.workdir, ignore_errors=True)
