@@ -14,7 +14,7 @@ to spill to here: a pipeline that materialised the corpus is killed by the kerne
 peak and its OOM-kill count are reported beside the sampled figures.
 
     python scripts/scaling_rss.py --sizes-mb 25 100 400 --workdir /tmp/bertlab_scaling
-    python scripts/scaling_rss.py --sizes-mb 4096 --cap-mb 1024 --num-proc 2 --workdir /tmp/bertlab_scaling
+    python scripts/scaling_rss.py --sizes-mb 3072 --cap-mb 1024 --workdir /tmp/bertlab_scaling
 
 Delete ``--workdir`` afterwards (``--clean`` does it): the corpora and caches are large.
 """
@@ -26,6 +26,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -117,6 +118,17 @@ class MemoryCgroup:
         return 0
 
     def close(self) -> None:
+        """Kill what is left in the cgroup (workers orphaned by an OOM kill of their parent), remove it."""
+        for _ in range(50):
+            pids = (self.path / "cgroup.procs").read_text().split()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
         try:
             self.path.rmdir()
         except OSError:
