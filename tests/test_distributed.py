@@ -208,6 +208,14 @@ def test_scale_out_hardware_composes(compose_cfg, hardware: str) -> None:
         _check_hardware(compose_cfg, hardware, task, model)
 
 
+def test_fsdp_on_cpu_is_refused_before_any_work(compose_cfg) -> None:
+    # torch's FSDP raises only after the data is built and the processes are started
+    cfg = compose_cfg(["hardware=fsdp", "hardware.accelerator=cpu", "hardware.devices=2"])
+    with pytest.raises(BertlabError, match="hardware=fsdp needs GPUs"):
+        validate_config(cfg)
+    validate_config(compose_cfg(["hardware=ddp", "hardware.accelerator=cpu", "hardware.devices=2"]))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("hardware", ["ddp", "fsdp", "multinode"])
 def test_scale_out_hardware_composes_with_every_task_and_model(compose_cfg, hardware: str) -> None:

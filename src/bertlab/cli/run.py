@@ -97,6 +97,11 @@ def validate_config(cfg: DictConfig) -> None:
             f"task={task} needs a pretrained model (model.init_from=<run dir | .ckpt | HF dir>) "
             "or, to start from random weights, a tokenizer (tokenizer.path=<dir>)"
         )
+    if cfg.hardware.get("strategy") == "fsdp" and cfg.hardware.get("accelerator") == "cpu":
+        raise BertlabError(
+            "hardware=fsdp needs GPUs (torch's FSDP does not run on CPU); "
+            "on CPU use hardware=ddp hardware.accelerator=cpu"
+        )
     onnx = cfg.get("export_onnx") or False
     if onnx and onnx not in (True, "int8"):
         raise BertlabError(f"export_onnx={onnx!r} is not one of false, true, int8")
