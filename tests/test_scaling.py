@@ -51,3 +51,54 @@ def test_streamed_hub_corpus_equals_the_files(offline: Path) -> None:
     table = streamed.train_set.table
     assert isinstance(table, datasets.Dataset) and table.cache_files
     assert all(Path(f["filename"]).parent.parent == streamed.data_dir() for f in table.cache_files)
+
+
+def _docs_naming_themselves(num_docs: int) -> datasets.Dataset:
+    # every token of document d is 10_000 + d, so an instance tells where A and B came from
+    return datasets.Dataset.from_dict(
+        {"segments": [[[10_000 + d] * 7 for _ in range(2 + d % 5)] for d in range(num_docs)]}
+    )
+
+
+def _nsp_instances(docs: datasets.Dataset, window: int | None) -> dict[str, list]:
+    from bertlab.data.pretrain import _build_instances
+
+    return _build_instances(
+        {},
+        list(range(len(docs))),
+        docs,
+        max_seq_length=32,
+        short_seq_prob=0.1,
+        dupe_factor=2,
+        seed=7,
+        cls_id=1,
+        sep_id=2,
+        random_next_window=window,
+    )
+
+
+def test_a_random_next_segment_comes_from_the_block_of_its_document() -> None:
+    docs = _docs_naming_themselves(230)
+    window = 50  # blocks 0-49, 50-99, 100-149, 150-229 (the last takes the remainder)
+    out = _nsp_instances(docs, window)
+    blocks = set()
+    for ids, a_len, label in zip(out["input_ids"], out["a_len"], out["nsp_label"]):
+        doc_a, doc_b = ids[1] - 10_000, ids[a_len] - 10_000
+        block_a, block_b = min(doc_a // window, 3), min(doc_b // window, 3)
+        assert doc_b == doc_a if label == 0 else (doc_b != doc_a and block_b == block_a)
+        if label == 1:
+            blocks.add(block_a)
+    assert blocks == {0, 1, 2, 3}
+    # without a window a random B may come from anywhere, and does
+    anywhere = _nsp_instances(docs, None)
+    assert any(
+        min((ids[1] - 10_000) // window, 3) != min((ids[a_len] - 10_000) // window, 3)
+        for ids, a_len in zip(anywhere["input_ids"], anywhere["a_len"])
+    )
+
+
+def test_a_window_over_half_the_corpus_changes_nothing() -> None:
+    docs = _docs_naming_themselves(120)
+    # 120 documents with a window of 61: one block (the last block takes the remainder)
+    assert _nsp_instances(docs, 61) == _nsp_instances(docs, None) == _nsp_instances(docs, 1000)
+    assert _nsp_instances(docs, 60) != _nsp_instances(docs, None)

@@ -100,6 +100,7 @@ def _build_instances(
     seed: int,
     cls_id: int,
     sep_id: int,
+    random_next_window: int | None = None,
 ) -> dict[str, list]:
     out: dict[str, list] = {"input_ids": [], "a_len": [], "nsp_label": []}
     num_docs = len(docs)
@@ -117,12 +118,21 @@ def _build_instances(
             return [list(zip(ids, cont)) for ids, cont in zip(row["segments"], row["word_cont"])]
         return row["segments"]
 
+    # A random B comes from the window of documents that holds A: consecutive blocks of
+    # random_next_window documents, the last block taking the remainder (so every block has at
+    # least that many). Within a block the reads stay in one region of the Arrow file; reads
+    # spread over a corpus larger than memory made the page cache thrash.
+    window = random_next_window or num_docs
+    num_blocks = max(1, num_docs // window)
     for dupe in range(dupe_factor):
         for doc_index in indices:
+            block = min(doc_index // window, num_blocks - 1)
+            start = block * window
+            end = num_docs if block == num_blocks - 1 else start + window
             instances = create_instances_from_document(
-                get_document,
-                num_docs,
-                doc_index,
+                lambda i, start=start: get_document(start + i),
+                end - start,
+                doc_index - start,
                 max_seq_length,
                 short_seq_prob,
                 document_rng(seed, dupe, doc_index),
@@ -160,6 +170,7 @@ class PretrainDataModule(L.LightningDataModule):
         max_seq_length: int = 128,
         short_seq_prob: float = 0.1,
         dupe_factor: int = 1,
+        random_next_window: int | None = 100_000,
         mlm_probability: float = 0.15,
         max_predictions_per_seq: int = 20,
         whole_word_masking: bool = False,
@@ -198,6 +209,11 @@ class PretrainDataModule(L.LightningDataModule):
         self.max_seq_length = max_seq_length
         self.short_seq_prob = short_seq_prob
         self.dupe_factor = dupe_factor
+        if random_next_window is not None and random_next_window < 2:
+            raise BertlabError(
+                f"data.random_next_window={random_next_window} must be at least 2 documents (or null)"
+            )
+        self.random_next_window = random_next_window
         self.mlm_probability = mlm_probability
         self.max_predictions_per_seq = max_predictions_per_seq
         self.whole_word_masking = whole_word_masking
@@ -323,6 +339,7 @@ class PretrainDataModule(L.LightningDataModule):
                 "short_seq_prob": self.short_seq_prob,
                 "split_sentences": self.split_sentences,
                 "dupe_factor": self.dupe_factor,
+                "random_next_window": self.random_next_window,
                 "whole_word_masking": self.whole_word_masking,  # stores word-continuation flags
                 "val_fraction": self.val_fraction,
                 "seed": self.seed,
@@ -389,6 +406,7 @@ class PretrainDataModule(L.LightningDataModule):
                         "max_seq_length": self.max_seq_length,
                         "short_seq_prob": self.short_seq_prob,
                         "dupe_factor": self.dupe_factor,
+                        "random_next_window": self.random_next_window,
                         "seed": self.seed + (0 if name == "train" else 1),
                         "cls_id": ids["cls"],
                         "sep_id": ids["sep"],
