@@ -8,7 +8,9 @@ lost. The pair is then truncated, one token at a time from the front or back of 
 down to the budget, and laid out as ``[CLS] A [SEP] B [SEP]``.
 
 One change from the original: the random B is drawn from a *different* document, always (the
-original tries ten times and may give up on the same document).
+original tries ten times and may give up on the same document). ``num_documents`` is whatever the
+caller offers: the pretraining data module offers the block of ``data.random_next_window``
+documents that holds A, as the original offered the documents of one input shard.
 """
 
 from __future__ import annotations
