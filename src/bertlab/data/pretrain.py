@@ -118,9 +118,8 @@ def _build_instances(
             return [list(zip(ids, cont)) for ids, cont in zip(row["segments"], row["word_cont"])]
         return row["segments"]
 
-    # A random B comes from the window of documents that holds A: consecutive blocks of
-    # random_next_window documents, the last block taking the remainder (so every block has at
-    # least that many). Within a block the reads stay in one region of the Arrow file; reads
+    # A random B comes from the block of documents that holds A: consecutive blocks of
+    # random_next_window documents, the last one taking the remainder (so none has fewer). Within a block the reads stay in one region of the Arrow file; reads
     # spread over a corpus larger than memory made the page cache thrash.
     window = random_next_window or num_docs
     num_blocks = max(1, num_docs // window)
