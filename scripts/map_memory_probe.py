@@ -1,0 +1,85 @@
+"""Private memory (RssAnon) of the NSP instance-building ``datasets.map`` as a function of its batch size.
+
+Builds ``--docs`` synthetic tokenized documents on disk, runs bertlab's ``_build_instances`` over them
+with ``datasets.map`` in batches of ``--batch-docs`` documents, and prints RssAnon during and after
+the map. Each map batch becomes one Arrow record batch of the output, and the memory-mapped output
+keeps native bookkeeping per record batch, so small batches grow the memory at the end of the map
+in proportion to the corpus:
+
+    python scripts/map_memory_probe.py --docs 400000 --batch-docs 16
+    python scripts/map_memory_probe.py --docs 400000 --batch-docs 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+
+import datasets
+
+from bertlab.data.pretrain import _build_instances
+
+
+def rss_anon_mb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, default=400_000)
+    ap.add_argument("--batch-docs", type=int, default=1000)
+    args = ap.parse_args()
+
+    def documents():  # noqa: ANN202 - a generator for datasets
+        rng = random.Random(0)
+        for _ in range(args.docs):
+            yield {"segments": [[rng.randrange(5, 2000) for _ in range(12)] for _ in range(4)]}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ids = datasets.Sequence(datasets.Value("int32"))
+        docs = datasets.Dataset.from_generator(
+            documents, cache_dir=tmp, features=datasets.Features({"segments": datasets.Sequence(ids)})
+        )
+        before = rss_anon_mb()
+        during: list[int] = []
+
+        def build(batch: dict, indices: list[int], **kwargs) -> dict:  # noqa: ANN003
+            during.append(rss_anon_mb())
+            return _build_instances(batch, indices, **kwargs)
+
+        started = time.time()
+        docs.map(
+            build,
+            batched=True,
+            batch_size=args.batch_docs,
+            with_indices=True,
+            remove_columns=["segments"],
+            cache_file_name=f"{tmp}/instances.arrow",
+            fn_kwargs={
+                "docs": docs,
+                "max_seq_length": 64,
+                "short_seq_prob": 0.1,
+                "dupe_factor": 1,
+                "seed": 1,
+                "cls_id": 1,
+                "sep_id": 2,
+            },
+            features=datasets.Features(
+                {"input_ids": ids, "a_len": datasets.Value("int32"), "nsp_label": datasets.Value("int8")}
+            ),
+        )
+        print(
+            f"{args.docs} documents, map batches of {args.batch_docs}: RssAnon before {before} MB, "
+            f"during {min(during)}-{max(during)} MB, after the map {rss_anon_mb()} MB "
+            f"({time.time() - started:.0f} s)"
+        )
+
+
+if __name__ == "__main__":
+    main()
