@@ -13,6 +13,7 @@ in proportion to the corpus:
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import tempfile
 import time
@@ -20,14 +21,11 @@ import time
 import datasets
 
 from bertlab.data.pretrain import _build_instances
+from scaling_rss import anon_kb  # scripts/ is on the path when a script runs
 
 
 def rss_anon_mb() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) // 1024
-    return 0
+    return anon_kb(os.getpid()) // 1024
 
 
 def main() -> None:

@@ -60,7 +60,8 @@ def write_corpus(path: Path, size_mb: float, seed: int = 0) -> Path:
     return path
 
 
-def _anon_kb(pid: int) -> int:
+def anon_kb(pid: int) -> int:
+    """RssAnon of a process in KiB (0 once it has gone)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -76,7 +77,7 @@ def _tree_memory(proc: psutil.Process) -> tuple[int, int]:
     for p in [proc, *proc.children(recursive=True)]:
         try:
             rss += p.memory_info().rss
-            anon += _anon_kb(p.pid) * 1024
+            anon += anon_kb(p.pid) * 1024
         except psutil.Error:
             pass
     return rss, anon
