@@ -163,10 +163,12 @@ def measure(
     cap_mb: int | None,
     num_proc: int | None = None,
     tokenizer: Path | None = None,
+    reuse_cache: bool = False,
 ) -> dict:
     root = workdir / f"root-{corpus.stem}-{cap_mb or 0}"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    # reuse_cache: keep the data an earlier run of the same size built, to measure training alone
+    shutil.rmtree(root / "logs" if reuse_cache else root, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "BERTLAB_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
     cmd = train_command(corpus, steps, num_proc, tokenizer)
     cgroup = MemoryCgroup(cap_mb, f"bertlab-scaling-{os.getpid()}") if cap_mb else None
@@ -182,9 +184,12 @@ def measure(
         )
         ps = psutil.Process(proc.pid)
         peak_rss = peak_anon = 0
+        peak_anon_at = 0.0
         while proc.poll() is None:
             rss, anon = _tree_memory(ps)
-            peak_rss, peak_anon = max(peak_rss, rss), max(peak_anon, anon)
+            peak_rss = max(peak_rss, rss)
+            if anon > peak_anon:  # when it peaked, to match against the run's log timestamps
+                peak_anon, peak_anon_at = anon, time.time()
             time.sleep(0.1)
     capped = {}
     if cgroup:
@@ -201,6 +206,7 @@ def measure(
         "seconds": round(time.time() - started, 1),
         "peak_rss_mb": round(peak_rss / 2**20),
         "peak_anon_mb": round(peak_anon / 2**20),
+        "peak_anon_at": time.strftime("%H:%M:%S", time.localtime(peak_anon_at)),
         "documents": data.get("documents"),
         "train_instances": (data.get("train") or {}).get("instances"),
         "command": " ".join(cmd[1:]),
@@ -217,12 +223,19 @@ def main() -> None:
     ap.add_argument(
         "--tokenizer", type=Path, default=None, help="a trained tokenizer (skips WordPiece training)"
     )
+    ap.add_argument(
+        "--reuse-cache",
+        action="store_true",
+        help="keep the data cache of an earlier run of the same size: measures the training alone",
+    )
     ap.add_argument("--clean", action="store_true", help="delete --workdir at the end")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     for size in args.sizes_mb:
         corpus = write_corpus(args.workdir / f"corpus-{size:g}mb.txt", size)
-        result = measure(corpus, args.workdir, args.steps, args.cap_mb, args.num_proc, args.tokenizer)
+        result = measure(
+            corpus, args.workdir, args.steps, args.cap_mb, args.num_proc, args.tokenizer, args.reuse_cache
+        )
         print(json.dumps(result), flush=True)
     if args.clean:
         shutil.rmtree(args.workdir, ignore_errors=True)

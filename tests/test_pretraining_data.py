@@ -253,6 +253,17 @@ def test_sampler_shards_by_rank():
     assert not set(a) & set(b) and len(a) == len(b) == 10
 
 
+def test_sampler_order_is_numpy_permutation_in_half_the_memory():
+    # The int32 order must be the int64 permutation the sampler used before: checkpoints written
+    # with either resume on the other.
+    sampler = ResumableSampler(100_003, seed=7)
+    for epoch in (0, 3):
+        sampler.set_epoch(epoch)
+        order = sampler._order()
+        assert order.dtype == np.int32
+        assert np.array_equal(order, np.random.default_rng([7, epoch]).permutation(100_003))
+
+
 def test_tokenizer_training_is_deterministic(tmp_path):
     """The trainer breaks frequency ties in hash order; the saved vocabulary must not depend on it."""
     from bertlab.data.default_corpus import generate_documents
