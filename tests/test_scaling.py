@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 
 from bertlab.data.default_corpus import write_default_corpus
-from bertlab.data.pretrain import PretrainDataModule
+from bertlab.data.pretrain import PretrainDataModule, _keep_rows
 
 
 @pytest.fixture
@@ -102,3 +103,24 @@ def test_a_window_over_half_the_corpus_changes_nothing() -> None:
     # 120 documents with a window of 61: one block (the last block takes the remainder)
     assert _nsp_instances(docs, 61) == _nsp_instances(docs, None) == _nsp_instances(docs, 1000)
     assert _nsp_instances(docs, 60) != _nsp_instances(docs, None)
+
+
+def test_a_split_written_by_a_map_equals_select_of_its_indices(tmp_path: Path) -> None:
+    # The splits are written by a map that keeps their rows (no index mapping held in memory); the
+    # rows and their order must be those of select(sorted indices), as before.
+    docs = datasets.Dataset.from_dict(
+        {"segments": [[[i, i + 1]] for i in range(2_345)], "source": ["x"] * 2_345}
+    )
+    keep = np.zeros(len(docs), dtype=bool)
+    keep[np.random.default_rng(3).permutation(len(docs))[:117]] = True
+    for mask in (keep, ~keep):
+        written = docs.map(
+            _keep_rows,
+            batched=True,
+            batch_size=1000,
+            with_indices=True,
+            fn_kwargs={"keep": mask},
+            cache_file_name=str(tmp_path / f"split{int(mask[0])}.arrow"),
+        )
+        assert written.to_dict() == docs.select(np.flatnonzero(mask)).to_dict()
+    assert len(written) == 2_345 - 117
