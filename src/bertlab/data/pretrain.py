@@ -401,8 +401,8 @@ class PretrainDataModule(L.LightningDataModule):
             in_validation = np.zeros(num_docs, dtype=bool)
             in_validation[np.random.default_rng(self.seed).permutation(num_docs)[:num_val]] = True
             # Each split is written by a map that keeps its rows: the rows (and order) of
-            # select(sorted indices).flatten_indices(), whose index mapping held ~76 bytes a
-            # document at its peak (~350 MB for 4.6M documents); the mask is 1 byte a document.
+            # select(sorted indices).flatten_indices(), whose index mapping held ~73 bytes a
+            # document at its peak (scripts/map_memory_probe.py --split); the mask is 1 byte.
             splits = {
                 name: tokenized.map(
                     _keep_rows,
