@@ -15,7 +15,7 @@ import torch
 
 from bertlab.cli.distributed import DistributedLayout, batch_layout, step_layout, trainer_settings
 from bertlab.cli.run import validate_config
-from bertlab.data.cache import atomic_directory, wait_for_ready
+from bertlab.data.cache import atomic_directory, same_on_every_rank, wait_for_ready
 from bertlab.data.pretrain import PretrainDataModule
 from bertlab.data.sampler import ResumableDataLoader, ResumableSampler
 from bertlab.errors import BertlabError
@@ -170,6 +170,42 @@ def test_validation_covers_every_instance_once_on_any_number_of_processes(
             monkeypatch.setattr(dm, "_rank_world", lambda r=rank, w=world: (r, w))
             shares.append([i for batch in dm.val_dataloader().batch_sampler for i in batch])
         assert sorted(i for share in shares for i in share) == list(range(n)), world
+
+
+def _check_on_rank(rank: int, world: int, port: int, out: str) -> None:
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    results = []
+    try:
+        for value in ("vocab a", f"vocab {'ab'[rank]}"):  # the same on both ranks, then not
+            try:
+                same_on_every_rank(value, "the pretraining data")
+                results.append("ok")
+            except BertlabError as err:
+                results.append(str(err))
+    finally:
+        torch.distributed.destroy_process_group()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+
+
+def test_ranks_that_built_different_data_stop_with_a_clear_error(tmp_path: Path) -> None:
+    # Nodes with their own caches can train different WordPiece vocabularies (not reproducible
+    # upstream); every rank must find out, not train one model on two sets of ids.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_check_on_rank, args=(2, port, str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        same, different = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert same == "ok"
+        assert (
+            "the pretraining data differs between ranks (ranks [0]: vocab a; ranks [1]: vocab b)" in different
+        )
+        assert "tokenizer.path" in different
+    same_on_every_rank("anything", "outside a process group")  # a no-op
 
 
 def test_atomic_directory_keeps_a_finished_copy(tmp_path: Path) -> None:

@@ -71,6 +71,28 @@ def wait_for_ready(marker: str | Path, timeout_s: float, what: str, poll_s: floa
         time.sleep(poll_s)
 
 
+def same_on_every_rank(value: str, what: str) -> None:
+    """Raise :class:`BertlabError` when the ranks of a distributed run hold different ``value``s.
+
+    Each node builds its own cache unless the cache is shared, and what it builds must agree: a
+    WordPiece training is not bit-reproducible, so two nodes can train different vocabularies from
+    the same corpus and would then train one model on two sets of ids. A no-op outside a process
+    group (call it where Lightning has set one up, e.g. a DataModule's ``setup``)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    if len(set(values)) > 1:
+        ranks = {v: [r for r, x in enumerate(values) if x == v] for v in dict.fromkeys(values)}
+        held = "; ".join(f"ranks {r}: {v}" for v, r in ranks.items())
+        raise BertlabError(
+            f"{what} differs between ranks ({held}): give every node the same tokenizer.path, or "
+            "put paths.cache_dir on a file system all nodes share"
+        )
+
+
 @contextmanager
 def atomic_directory(final: str | Path, keep_existing: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name beside ``final`` and rename it into place.

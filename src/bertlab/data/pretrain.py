@@ -25,7 +25,14 @@ import numpy as np
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from bertlab.data.cache import atomic_directory, cache_key, directory_digest, local_rank, wait_for_ready
+from bertlab.data.cache import (
+    atomic_directory,
+    cache_key,
+    directory_digest,
+    local_rank,
+    same_on_every_rank,
+    wait_for_ready,
+)
 from bertlab.data.corpus import Document, check_corpus, iter_documents, iter_hub_documents
 from bertlab.data.default_corpus import write_default_corpus
 from bertlab.data.masking import MaskingConfig, PretrainingCollator
@@ -468,6 +475,13 @@ class PretrainDataModule(L.LightningDataModule):
         out = self.data_dir()
         if not (out / "stats.json").exists():
             self.prepare_data()
+        # Nodes with their own caches must have built the same vocabulary and instances.
+        stats = self.stats()
+        same_on_every_rank(
+            f"vocabulary {directory_digest(self.tokenizer_dir, TOKENIZER_FILES)}, "
+            f"{stats['train']['instances']} training and {stats['validation']['instances']} validation instances",
+            "the pretraining data",
+        )
         self.train_set = InstanceDataset(datasets.load_from_disk(str(out / "train")))
         self.val_set = InstanceDataset(datasets.load_from_disk(str(out / "validation")))
 
