@@ -136,8 +136,9 @@ def _build_instances(
         return row["segments"]
 
     # A random B comes from the block of documents that holds A: consecutive blocks of
-    # random_next_window documents, the last one taking the remainder (so none has fewer). Within a block the reads stay in one region of the Arrow file; reads
-    # spread over a corpus larger than memory made the page cache thrash.
+    # random_next_window documents, the last one taking the remainder (so none has fewer).
+    # Within a block the reads stay in one region of the Arrow file; reads spread over a
+    # corpus larger than memory made the page cache thrash.
     window = random_next_window or num_docs
     num_blocks = max(1, num_docs // window)
     for dupe in range(dupe_factor):
