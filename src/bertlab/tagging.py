@@ -31,6 +31,7 @@ from typing import Any
 __all__ = [
     "SCHEMES",
     "EntityCounts",
+    "allowed_transitions",
     "bio_to_bioes",
     "bio_to_bmes",
     "bioes_to_bio",
@@ -637,3 +638,84 @@ def entity_spans_with_offsets(
             }
         )
     return out
+
+
+# ------------------------------------------------------------------ transition constraints
+
+
+def _start_allowed(scheme: str, prefix: str) -> bool:
+    if scheme == "IOB1":
+        return prefix != "B"  # B-X only separates two adjacent X entities
+    if scheme == "IOB2":
+        return prefix != "I"
+    if scheme in ("IOE1", "IOE2"):
+        return True
+    return prefix in "BSUO"  # IOBES, BILOU, BMES: an entity opens with B- or is a single S-/U-
+
+
+def _end_allowed(scheme: str, prefix: str) -> bool:
+    if scheme in ("IOB1", "IOB2"):
+        return True
+    if scheme == "IOE1":
+        return prefix != "E"  # E-X only closes an entity that an adjacent X entity follows
+    if scheme == "IOE2":
+        return prefix != "I"
+    return prefix in "ELSUO"  # IOBES, BILOU, BMES: an entity closes with E-/L- or is a single S-/U-
+
+
+def _step_allowed(scheme: str, prev: tuple[str, str], cur: tuple[str, str]) -> bool:
+    (prev_prefix, prev_type), (cur_prefix, cur_type) = prev, cur
+    same_type = prev_type == cur_type
+    if scheme == "IOB1":
+        # I-X continues an X entity or opens one after anything; B-X opens an X entity right after one.
+        return cur_prefix != "B" or (prev_prefix in "IB" and same_type)
+    if scheme == "IOB2":
+        return cur_prefix != "I" or (prev_prefix in "IB" and same_type)
+    if scheme == "IOE1":
+        # Time-reversed IOB1: after E-X comes the first token (I-X or E-X) of the adjacent X entity.
+        return prev_prefix != "E" or (cur_prefix in "IE" and same_type)
+    if scheme == "IOE2":
+        # Time-reversed IOB2: an entity is I-X* E-X, so an I-X is followed by I-X or E-X.
+        return prev_prefix != "I" or (cur_prefix in "IE" and same_type)
+    # IOBES, BILOU, BMES: inside an entity (after B-X or I-/M-X) only I-/M-X or E-/L-X may follow;
+    # outside one (after E-/L-, S-/U-, O) only B-, S-/U- or O.
+    if prev_prefix in "BIM":
+        return cur_prefix in "IMEL" and same_type
+    return cur_prefix in "BSUO"
+
+
+def allowed_transitions(
+    labels: Sequence[str], scheme: str
+) -> tuple[list[bool], list[list[bool]], list[bool]]:
+    """Which tag sequences are well-formed in ``scheme``, as the masks a linear-chain CRF needs.
+
+    ``labels`` are the label names in index order (any order, e.g. ``["O", "B-PER", "I-PER"]``).
+    Returns ``(allowed_start, allowed, allowed_end)``: ``allowed_start[k]`` -- a sentence may begin
+    with ``labels[k]``; ``allowed[i][j]`` -- ``labels[j]`` may directly follow ``labels[i]``;
+    ``allowed_end[k]`` -- a sentence may end with ``labels[k]``. A sequence is well-formed iff its
+    first tag, every step and its last tag are allowed; the well-formed sequences are exactly the
+    ones :func:`tags_from_spans` writes (``X``, ``Y`` are entity types):
+
+    * ``IOB2``: ``I-X`` only after ``B-X`` or ``I-X``; never first.
+    * ``IOB1``: ``I-X`` anywhere (it continues an ``X`` entity or opens one); ``B-X`` only right after
+      ``B-X`` or ``I-X`` (it opens an ``X`` entity adjacent to the previous one); never first.
+    * ``IOE2``: an entity is ``I-X* E-X``, so after ``I-X`` only ``I-X`` or ``E-X``; never last.
+    * ``IOE1``: IOB1 reversed in time: ``I-X`` anywhere; ``E-X`` closes an ``X`` entity that another
+      ``X`` entity follows at once, so after ``E-X`` only ``I-X`` or ``E-X``; never last.
+    * ``IOBES`` / ``BILOU`` / ``BMES``: after ``B-X`` or ``I-X`` (``M-X``) only ``I-X`` or ``E-X``
+      (``L-X``); after ``E-``, ``S-`` (``U-``) or ``O`` only ``B-``, ``S-`` (``U-``) or ``O``; first
+      tag ``B-``, ``S-``/``U-`` or ``O``; last tag ``E-``/``L-``, ``S-``/``U-`` or ``O``.
+
+    A label the scheme does not have (a foreign prefix such as ``E-X`` in IOB2, or no ``P-TYPE`` form)
+    is never allowed: not first, not last, not before nor after anything.
+    """
+    name = canonical_scheme(scheme)
+    valid = [check_tag(label, name) for label in labels]
+    parts = [_split(label) for label in labels]
+    allowed_start = [ok and _start_allowed(name, p[0]) for ok, p in zip(valid, parts)]
+    allowed_end = [ok and _end_allowed(name, p[0]) for ok, p in zip(valid, parts)]
+    allowed = [
+        [ok_i and ok_j and _step_allowed(name, p_i, p_j) for ok_j, p_j in zip(valid, parts)]
+        for ok_i, p_i in zip(valid, parts)
+    ]
+    return allowed_start, allowed, allowed_end
