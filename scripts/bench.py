@@ -180,7 +180,7 @@ def run_side(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from bertlab.encoder import BertConfig, BertForPretraining, pretraining_heads_to_hf, pretraining_loss
-    from bertlab.tasks.optim import param_groups
+    from bertlab.training.optim import param_groups
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
@@ -380,7 +380,7 @@ def time_data_wait(
     import torch
 
     from bertlab.encoder import BertConfig, BertForPretraining, pretraining_loss
-    from bertlab.tasks.optim import param_groups
+    from bertlab.training.optim import param_groups
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])

@@ -2,7 +2,7 @@
 
 Default: the NSP instance-building ``datasets.map`` as a function of its batch size.
 
-Builds ``--docs`` synthetic tokenized documents on disk, runs bertlab's ``_build_instances`` over them
+Builds ``--docs`` synthetic tokenized documents on disk, runs bertlab's ``build_instances`` over them
 with ``datasets.map`` in batches of ``--batch-docs`` documents, and prints RssAnon during and after
 the map. Each map batch becomes one Arrow record batch of the output, and the memory-mapped output
 keeps native bookkeeping per record batch, so small batches grow the memory at the end of the map
@@ -31,7 +31,7 @@ from collections.abc import Callable
 import datasets
 import numpy as np
 
-from bertlab.data.pretrain import MAP_BATCH_DOCS, _build_instances, _keep_rows
+from bertlab.data.pretrain import MAP_BATCH_DOCS, build_instances, keep_rows
 from scaling_rss import anon_kb  # scripts/ is on the path when a script runs
 
 
@@ -62,7 +62,7 @@ def probe_split(docs: datasets.Dataset, tmp: str) -> None:
     in_train[np.random.default_rng(0).permutation(n)[n // 20 :]] = True
     ways = {
         "map keeping the rows": lambda: docs.map(
-            _keep_rows,
+            keep_rows,
             batched=True,
             batch_size=MAP_BATCH_DOCS,
             with_indices=True,
@@ -105,7 +105,7 @@ def main() -> None:
 
         def build(batch: dict, indices: list[int], **kwargs) -> dict:  # noqa: ANN003
             during.append(rss_anon_mb())
-            return _build_instances(batch, indices, **kwargs)
+            return build_instances(batch, indices, **kwargs)
 
         started = time.time()
         docs.map(

@@ -71,6 +71,20 @@ def compose_cfg(bertlab_root: Path, tmp_path: Path) -> Callable[..., DictConfig]
     GlobalHydra.instance().clear()
 
 
+def run_in_process(cfg: DictConfig, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run a composed config through the command's job wrapper in this process, as bertlab-train
+    would: (exit status, what it printed on stderr)."""
+    from bertlab.cli.train import task_wrapper
+
+    capsys.readouterr()
+    try:
+        task_wrapper(cfg)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    return code, capsys.readouterr().err
+
+
 def run_cli(
     args: list[str], root: Path, timeout: int = 600, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:

@@ -14,18 +14,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bertlab.data.labelled import (
-    ClassifyDataModule,
-    LengthGroupedBatchSampler,
-    read_table,
-    read_table_with_locations,
-    sort_labels,
-    truncate_pair,
-)
-from bertlab.data.sampler import ResumableDataLoader
+from bertlab.data.classify import ClassifyDataModule, truncate_pair
+from bertlab.data.labels import sort_labels
+from bertlab.data.sampler import LengthGroupedSampler, ResumableDataLoader
+from bertlab.data.tables import read_table, read_table_with_locations
 from bertlab.data.tokenizer import load_tokenizer, train_wordpiece
+from bertlab.encoder import BertConfig
 from bertlab.errors import BertlabError
-from bertlab.tasks.classify import ClassifyModule, collect_predictions, make_metrics
+from bertlab.inference import TorchBackend
+from bertlab.tasks.base import load_model
+from bertlab.tasks.classify import ClassifyModule, ClassifyTask, make_metrics
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -190,7 +188,7 @@ def test_multi_label_json_lists_and_row_limit(tok_dir: Path, tmp_path: Path) -> 
 
 
 def test_pandas_parser_error_is_translated() -> None:
-    from bertlab.data.labelled import _explain
+    from bertlab.data.tables import _explain
 
     class ParserError(ValueError):
         pass
@@ -255,40 +253,48 @@ def test_pair_encoding_token_types(tok_dir: Path, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ batching
 
 
+def _batches(sampler: LengthGroupedSampler, batch_size: int) -> list[list[int]]:
+    order = list(sampler)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def test_length_grouped_batches_cover_every_row_once() -> None:
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 60, size=1003)
-    sampler = LengthGroupedBatchSampler(lengths, batch_size=16, seed=7, chunk_batches=5)
+    sampler = LengthGroupedSampler(lengths, batch_size=16, seed=7, chunk_batches=5)
     epochs = []
     for epoch in range(3):
         sampler.set_epoch(epoch)
-        batches = list(sampler)
-        assert len(batches) == len(sampler) == 63
+        batches = _batches(sampler, 16)
+        assert len(batches) == 63 and len(sampler) == 1003
         flat = [i for b in batches for i in b]
         assert sorted(flat) == list(range(1003))
         assert sum(len(b) < 16 for b in batches) == 1
         epochs.append(batches)
     assert epochs[0] != epochs[1]
-    again = LengthGroupedBatchSampler(lengths, batch_size=16, seed=7, chunk_batches=5)
-    assert list(again) == epochs[0]  # deterministic from seed and epoch
+    again = LengthGroupedSampler(lengths, batch_size=16, seed=7, chunk_batches=5)
+    assert _batches(again, 16) == epochs[0]  # deterministic from seed and epoch
     # Grouped: the spread of lengths inside a batch is far below that of random batches.
     spread = np.mean([np.ptp(lengths[b]) for b in epochs[0] if len(b) > 1])
-    plain = LengthGroupedBatchSampler(lengths, batch_size=16, seed=7, group_by_length=False)
-    assert spread < 0.5 * np.mean([np.ptp(lengths[b]) for b in list(plain)])
+    plain = LengthGroupedSampler(lengths, batch_size=16, seed=7, shuffle=True, chunk_batches=10**6)
+    plain_order = np.random.default_rng([7, 0]).permutation(len(lengths))
+    random_batches = [plain_order[i : i + 16] for i in range(0, len(lengths), 16)]
+    assert spread < 0.5 * np.mean([np.ptp(lengths[b]) for b in random_batches if len(b) > 1])
+    assert len(list(plain)) == 1003
 
 
-def test_batch_sampler_resumes_mid_epoch() -> None:
+def test_sampler_resumes_mid_epoch() -> None:
     lengths = np.random.default_rng(1).integers(1, 30, size=101)
-    full = LengthGroupedBatchSampler(lengths, batch_size=8, seed=3)
+    full = LengthGroupedSampler(lengths, batch_size=8, seed=3)
     full.set_epoch(2)
     expected = list(full)
-    first = LengthGroupedBatchSampler(lengths, batch_size=8, seed=3)
+    first = LengthGroupedSampler(lengths, batch_size=8, seed=3)
     first.set_epoch(2)
     it = iter(first)
-    head = [next(it) for _ in range(5)]
+    head = [next(it) for _ in range(40)]
     state = first.state_dict()
-    assert state == {"epoch": 2, "consumed": 5, "seed": 3}
-    resumed = LengthGroupedBatchSampler(lengths, batch_size=8, seed=3)
+    assert state == {"epoch": 2, "consumed": 40, "seed": 3}
+    resumed = LengthGroupedSampler(lengths, batch_size=8, seed=3)
     resumed.load_state_dict(state)
     assert head + list(resumed) == expected
     assert resumed.state_dict() == {"epoch": 3, "consumed": 0, "seed": 3}
@@ -302,18 +308,17 @@ def test_grouped_loader_state_counts_received_batches() -> None:
 
     def loader() -> ResumableDataLoader:
         lengths = [len(r["input_ids"]) for r in data]
-        return ResumableDataLoader(
-            data, batch_sampler=LengthGroupedBatchSampler(lengths, 4, seed=0), collate_fn=lambda rows: rows
-        )
+        sampler = LengthGroupedSampler(lengths, 4, seed=0)
+        return ResumableDataLoader(data, batch_size=4, sampler=sampler, collate_fn=lambda rows: rows)
 
     full = [[r["index"] for r in b] for b in loader()]
     first = loader()
     it = iter(first)
     head = [[r["index"] for r in next(it)] for _ in range(6)]
     state = first.state_dict()
-    assert state["consumed"] == 6 and state["epoch"] == 0
+    assert state["consumed"] == 24 and state["epoch"] == 0  # positions in samples: 6 batches of 4
     second = loader()
-    second.batch_sampler.set_epoch(0)  # Lightning calls set_epoch before iterating
+    second.sampler.set_epoch(0)  # Lightning calls set_epoch before iterating
     second.load_state_dict(state)
     assert head + [[r["index"] for r in b] for b in second] == full
     assert second.state_dict() == {"epoch": 1, "consumed": 0, "seed": 0}
@@ -322,15 +327,20 @@ def test_grouped_loader_state_counts_received_batches() -> None:
 # ------------------------------------------------------------------------------ training
 
 
-def _tiny_config(tok_dir: Path) -> dict:
-    return {
-        "vocab_size": load_tokenizer(tok_dir).get_vocab_size(),
-        "hidden_size": 32,
-        "num_layers": 2,
-        "num_heads": 2,
-        "intermediate_size": 64,
-        "max_position_embeddings": 64,
-    }
+def _tiny_config(tok_dir: Path) -> BertConfig:
+    return BertConfig(
+        vocab_size=load_tokenizer(tok_dir).get_vocab_size(),
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+
+
+def _module(tok_dir: Path, dm: ClassifyDataModule, optimizer: dict, pooling: str = "cls") -> ClassifyModule:
+    task = ClassifyTask(pooling=pooling, labels=dm.labels, problem_type=dm.problem_type, max_seq_length=32)
+    return ClassifyModule(task.build_model(_tiny_config(tok_dir)), task, optimizer)
 
 
 def _task_files(tmp_path: Path, problem: str) -> dict:
@@ -389,14 +399,8 @@ def test_short_fit(tok_dir: Path, tmp_path: Path, problem: str) -> None:
         **_task_files(tmp_path, problem),
     )
     dm.setup("fit")
-    model = ClassifyModule(
-        model_config=_tiny_config(tok_dir),
-        optimizer={"lr": 1e-3, "warmup_ratio": 0.1, "weight_decay": 0.01},
-        num_labels=dm.num_labels,
-        label_names=dm.labels,
-        problem_type=dm.problem_type,
-        pooling="mean" if problem == "pair" else "cls",
-    )
+    optimizer = {"lr": 1e-3, "warmup_ratio": 0.1, "weight_decay": 0.01}
+    model = _module(tok_dir, dm, optimizer, pooling="mean" if problem == "pair" else "cls")
     trainer = _trainer()
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 3
@@ -417,25 +421,30 @@ def test_short_fit(tok_dir: Path, tmp_path: Path, problem: str) -> None:
     assert "test/loss" in tested
 
     if problem == "single_label":
-        # Prediction on raw texts comes back in input order.
+        # The predictor answers in input order, whatever the length-sorted batching did, and each
+        # answer equals the model run on its text alone.
+        task, tokenizer = model.task, load_tokenizer(tok_dir)
         texts = ["good film", "the plot was very very dull and boring", "bad"]
-        outputs = trainer.predict(model, dataloaders=dm.predict_dataloader(texts))
-        pred = collect_predictions(outputs)
-        assert pred["index"].tolist() == [0, 1, 2] and pred["probs"].shape == (3, 2)
-        model.eval()
-        with torch.no_grad():
-            for i, text in enumerate(texts):
-                one = dm.collator()([dm.encode_texts([text])[0]])
-                probs = model(one["input_ids"], one["attention_mask"], one["token_type_ids"]).softmax(-1)
-                assert torch.allclose(probs[0], pred["probs"][i], atol=1e-5)
-        assert model.label_of(pred["pred"]) == [dm.labels[int(p)] for p in pred["pred"]]
-        # Checkpoints hold plain values only.
+        backend = TorchBackend(model.model, task.output_names)
+        batched = task.predictor(model.model, tokenizer, backend, 32, 2).predict([(t, None) for t in texts])
+        assert [a["text"] for a in batched] == texts
+        for text, answer in zip(texts, batched):
+            (alone,) = task.predictor(model.model, tokenizer, backend, 32, 1).predict([(text, None)])
+            assert alone["label"] == answer["label"] and alone["scores"] == pytest.approx(
+                answer["scores"], abs=1e-5
+            )
+        # Checkpoints hold plain values only, and they rebuild the same model.
         ckpt_path = tmp_path / "m.ckpt"
         trainer.save_checkpoint(ckpt_path)
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        assert ckpt["hyper_parameters"]["label_names"] == ["0", "1"]
-        restored = ClassifyModule.load_from_checkpoint(ckpt_path, map_location="cpu")
-        assert restored.problem_type == "single_label" and restored.head.pooling == "cls"
+        assert ckpt["hyper_parameters"]["task"]["labels"] == ["0", "1"]
+        restored_task, restored, _ = load_model(ckpt_path)
+        assert restored_task.problem_type == "single_label" and restored.head.pooling == "cls"
+        batch = task.check_batches(tokenizer, texts, 32)[0]
+        inputs = [torch.from_numpy(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
+        model.model.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(restored(*inputs), model.model(*inputs))
 
 
 def test_train_loader_position_in_checkpoint(tok_dir: Path, tmp_path: Path) -> None:
@@ -445,13 +454,13 @@ def test_train_loader_position_in_checkpoint(tok_dir: Path, tmp_path: Path) -> N
     )
     dm = _dm(tok_dir, tmp_path, train_file=train, batch_size=4)
     dm.setup("fit")
-    model = ClassifyModule(_tiny_config(tok_dir), {"lr": 1e-3}, dm.num_labels, dm.labels)
+    model = _module(tok_dir, dm, {"lr": 1e-3})
     trainer = _trainer(limit_val_batches=0)
     trainer.fit(model, datamodule=dm)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     ckpt = torch.load(tmp_path / "m.ckpt", map_location="cpu", weights_only=True)
     loader_states = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    assert loader_states == [{"epoch": 0, "consumed": 3, "seed": 1234}]
+    assert loader_states == [{"epoch": 0, "consumed": 12, "seed": 1234}]  # 3 batches of 4 rows
 
 
 # ------------------------------------------------------------------------------- metrics

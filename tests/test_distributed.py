@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from bertlab.cli.distributed import DistributedLayout, batch_layout, step_layout, trainer_settings
-from bertlab.cli.run import validate_config
-from bertlab.data.cache import atomic_directory, same_on_every_rank, wait_for_ready
+from bertlab.data import pretrain as pretrain_data
+from bertlab.data.cache import same_on_every_rank, wait_for_ready
 from bertlab.data.pretrain import PretrainDataModule
 from bertlab.data.sampler import ResumableDataLoader, ResumableSampler
 from bertlab.errors import BertlabError
+from bertlab.io import atomic_directory
+from bertlab.job import validate_config
+from bertlab.training.distributed import DistributedLayout, batch_layout, step_layout, trainer_settings
 from tests.conftest import run_cli
 
 COMMON = [
@@ -167,7 +169,7 @@ def test_validation_covers_every_instance_once_on_any_number_of_processes(
     for world in (1, 2, 3, n + 1):
         shares = []
         for rank in range(world):
-            monkeypatch.setattr(dm, "_rank_world", lambda r=rank, w=world: (r, w))
+            monkeypatch.setattr(pretrain_data, "rank_world", lambda trainer, r=rank, w=world: (r, w))
             shares.append([i for batch in dm.val_dataloader().batch_sampler for i in batch])
         assert sorted(i for share in shares for i in share) == list(range(n)), world
 
@@ -235,7 +237,7 @@ def _check_hardware(compose_cfg, hardware: str, task: str, model: str) -> None:
     world, micro, acc = step_layout(cfg)
     assert world == (8 if hardware == "multinode" else 4) and micro * world * acc == 32
     strategy = type(trainer_settings(cfg)["strategy"]).__name__
-    assert strategy == ("HydraFSDPStrategy" if hardware == "fsdp" else "HydraDDPStrategy")
+    assert strategy == ("FSDPStrategy" if hardware == "fsdp" else "DDPStrategy")
 
 
 @pytest.mark.parametrize("hardware", ["ddp", "fsdp", "multinode"])

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from bertlab.cli.predict import main as predict_main
-from bertlab.cli.predict import words_with_offsets
-from bertlab.cli.run import run
 from bertlab.encoder import BertEncoder
 from bertlab.errors import BertlabError
-from bertlab.tasks.init_from import load_encoder_weights, load_pretrained
-from tests.conftest import run_cli
+from bertlab.job import run
+from bertlab.pretrained import load_encoder_weights, load_pretrained
+from bertlab.tasks.base import load_model
+from tests.conftest import run_in_process
 
 transformers = pytest.importorskip("transformers")
 
@@ -99,14 +99,12 @@ def test_classify_from_pretraining_exports_hf_classifier(compose_cfg, pretrained
     )
     assert not info["missing_keys"] and not info["unexpected_keys"]
     hf.eval()
-    from bertlab.cli.predict import load_predictor
-
-    task, module, _ = load_predictor(run_dir)
-    assert task == "classify"
+    task, model, _ = load_model(run_dir)
+    assert task.name == "classify" and task.labels == ["0", "1"]
     tok = transformers.BertTokenizerFast.from_pretrained(run_dir / "export")
     enc = tok(["the town was good", "the sailors were awful and poor"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        ours = module(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+        ours = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
         ref = hf(**enc).logits
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
 
@@ -155,13 +153,12 @@ def test_ner_from_pretraining_exports_hf_token_classifier(compose_cfg, pretraine
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert set(hf.config.id2label.values()) == {"O", "B-person", "B-location", "I-location"}
     hf.eval()
-    from bertlab.cli.predict import load_predictor
-
-    _, module, _ = load_predictor(run_dir / "export")
+    _, model, _ = load_model(run_dir / "export")
     tok = transformers.BertTokenizerFast.from_pretrained(run_dir / "export")
     enc = tok(["Peter lived in Greenmere town ."], return_tensors="pt")
     with torch.no_grad():
-        torch.testing.assert_close(module(dict(enc)), hf(**enc).logits, atol=1e-4, rtol=0)
+        ours = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+        torch.testing.assert_close(ours, hf(**enc).logits, atol=1e-4, rtol=0)
 
 
 def test_ner_prediction_gives_character_offsets(compose_cfg, pretrained_run, labelled, tmp_path):
@@ -180,12 +177,6 @@ def test_ner_prediction_gives_character_offsets(compose_cfg, pretrained_run, lab
     assert len(row["tags"]) == len(row["words"]) == 72  # every word has a prediction
     for ent in row["entities"]:
         assert text[ent["start"] : ent["end"]] == ent["text"]
-
-
-def test_words_with_offsets_split_cjk():
-    words, offsets = words_with_offsets("我爱 Paris, ok")
-    assert words == ["我", "爱", "Paris,", "ok"]
-    assert offsets == [(0, 1), (1, 2), (3, 9), (10, 12)]
 
 
 def test_minilm_import_matches_transformers():
@@ -236,20 +227,18 @@ def test_unreadable_init_from_is_clear(tmp_path, make, fragment):
         load_pretrained(make(tmp_path))
 
 
-def test_finetune_bad_input_is_one_line_error(tmp_path, labelled, pretrained_run):
+def test_finetune_bad_input_is_one_line_error(compose_cfg, capsys, tmp_path, labelled, pretrained_run):
     bad = tmp_path / "bad.tsv"
     bad.write_text("sentence\tlabel\ngood film\t1\nbad\tfilm\t0\n")
-    res = run_cli(
-        ["task=classify", "data=csv", f"data.train_file={bad}", f"model.init_from={pretrained_run}"],
-        tmp_path / "root",
+    cfg = compose_cfg(
+        ["task=classify", "data=csv", f"data.train_file={bad}", f"model.init_from={pretrained_run}"]
     )
-    assert res.returncode == 2, res.stderr[-2000:]
-    last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "bad.tsv:3" in last, last
-    res = run_cli(
-        ["task=classify", "data=csv", f"data.train_file={labelled / 'train.tsv'}"], tmp_path / "root"
-    )
-    assert res.returncode == 2 and "model.init_from" in res.stderr.strip().splitlines()[-1]
+    code, err = run_in_process(cfg, capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: ") and "bad.tsv:3" in last, err[-2000:]
+    cfg = compose_cfg(["task=classify", "data=csv", f"data.train_file={labelled / 'train.tsv'}"])
+    code, err = run_in_process(cfg, capsys)
+    assert code == 2 and "model.init_from" in err.strip().splitlines()[-1]
 
 
 def test_labelled_data_from_a_datasets_builder(compose_cfg, pretrained_run, labelled, tmp_path):

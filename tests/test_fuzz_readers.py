@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bertlab.data.conll import read_conll
-from bertlab.data.labelled import read_table
+from bertlab.data.tables import read_table
 from bertlab.data.tokenizer import load_tokenizer
 from bertlab.errors import BertlabError
 

@@ -16,12 +16,14 @@ from hypothesis import strategies as st
 from seqeval import metrics as sm
 from seqeval.scheme import IOB2
 
+from bertlab.constants import IGNORE_INDEX
 from bertlab.data.conll import read_conll
 from bertlab.data.ner import NerDataModule, plan_windows
 from bertlab.data.tokenizer import load_tokenizer, train_wordpiece
-from bertlab.encoder.heads import IGNORE_INDEX
+from bertlab.encoder import BertConfig
 from bertlab.errors import BertlabError
-from bertlab.tasks.ner import NerModule, WordPredictionAssembler
+from bertlab.tasks.base import load_model
+from bertlab.tasks.ner import NerModule, NerTask, WordPredictionAssembler, word_predictions
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WNUT = SHARED / "wnut17"
@@ -263,11 +265,9 @@ def test_fit_validates_and_f1_equals_seqeval(tmp_path, tokenizer_dir, ner_files)
         eval_batch_size=4,  # windows of one sentence land in different batches
     )
     dm.setup("fit")
-    model = NerModule(
-        tiny_model_config(load_tokenizer(tokenizer_dir).get_vocab_size()),
-        {"lr": 5e-3, "warmup_steps": 1},
-        dm.labels,
-    )
+    task = NerTask(labels=dm.labels, scheme=dm.scheme, max_seq_length=16, stride=4)
+    config = BertConfig(**tiny_model_config(load_tokenizer(tokenizer_dir).get_vocab_size()))
+    model = NerModule(task.build_model(config), task, {"lr": 5e-3, "warmup_steps": 1})
     trainer = L.Trainer(
         max_steps=3,
         accelerator="cpu",
@@ -286,8 +286,8 @@ def test_fit_validates_and_f1_equals_seqeval(tmp_path, tokenizer_dir, ner_files)
     # Three steps teach little: a random classifier makes the comparison below non-trivial
     # (entities of every type, orphan I- tags, partial matches).
     with torch.no_grad():
-        model.head.classifier.weight.copy_(
-            torch.randn(model.head.classifier.weight.shape, generator=torch.Generator().manual_seed(0))
+        model.model.head.classifier.weight.copy_(
+            torch.randn(model.model.head.classifier.weight.shape, generator=torch.Generator().manual_seed(0))
         )
     trainer.validate(model, datamodule=dm, verbose=False)
     report = model.last_entity_report
@@ -299,8 +299,8 @@ def test_fit_validates_and_f1_equals_seqeval(tmp_path, tokenizer_dir, ner_files)
     assembler, gold_tags, pred_tags = WordPredictionAssembler(), {}, {}
     with torch.no_grad():
         for batch in dm.iter_batches("validation"):
-            for si, pred, _ in assembler.add(model.predict_words(batch)):
-                pred_tags[si] = model.tags(pred)
+            for si, pred, _ in assembler.add(word_predictions(batch, model(batch).numpy())):
+                pred_tags[si] = task.tags(pred)
     for si, (_, tags) in enumerate(dm.sentences("validation")):
         gold_tags[si] = tags
     y_true = [gold_tags[i] for i in sorted(gold_tags)]
@@ -314,15 +314,19 @@ def test_fit_validates_and_f1_equals_seqeval(tmp_path, tokenizer_dir, ner_files)
     assert float(trainer.callback_metrics["val/f1"]) == pytest.approx(f1, abs=1e-6)
 
     # Strict mode through trainer.validate; the checkpoint's hyperparameters are plain.
-    model.strict = True
+    task.settings["strict"] = True
     trainer.validate(model, datamodule=dm, verbose=False)
     assert model.last_entity_report["f1"] == strict_f1
     ckpt = tmp_path / "ner.ckpt"
     trainer.save_checkpoint(ckpt)
     loaded = torch.load(ckpt, weights_only=True, map_location="cpu")
-    assert loaded["hyper_parameters"]["label_names"] == dm.labels
-    restored = NerModule.load_from_checkpoint(ckpt, map_location="cpu")
-    assert restored.label_names == dm.labels
+    assert loaded["hyper_parameters"]["task"]["labels"] == dm.labels
+    restored_task, restored, _ = load_model(ckpt)
+    assert restored_task.labels == dm.labels and restored_task.scheme == "IOB2"
+    batch = next(iter(dm.iter_batches("validation")))
+    with torch.no_grad():
+        inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        torch.testing.assert_close(restored(*inputs), model.model(*inputs))
 
 
 # ---------------------------------------------------------------------- shared data

@@ -1,7 +1,7 @@
 """ONNX export checked by onnxruntime, and ``bertlab-predict --backend onnx``.
 
-Tiny random-weight models (hidden 32, seq <= 32) exported the way a run exports them (HF files via
-bertlab.export.hf), then to ONNX; both backends run on the same text and must agree.
+Tiny random-weight models (hidden 32, seq <= 32) exported the way a run exports them (the task's HF
+export), then to ONNX; both backends run on the same text and must agree.
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bertlab.cli.export import export_to_onnx
 from bertlab.cli.export import main as export_main
-from bertlab.cli.predict import OnnxLogits, load_predictor
 from bertlab.cli.predict import main as predict_main
 from bertlab.data.tokenizer import load_tokenizer, train_wordpiece
-from bertlab.encoder import BertConfig, BertForPretraining
+from bertlab.encoder import BertConfig
 from bertlab.errors import BertlabError
 from bertlab.export import onnx as onnx_export
-from bertlab.export.hf import export_classifier, export_pretraining
-from bertlab.export.onnx import INFO_FILE, INT8_FILE, ONNX_FILE, encode_texts, make_session, run_session
-from bertlab.tasks.classify import ClassifyModule
-from bertlab.tasks.ner import NerModule
+from bertlab.export.onnx import INFO_FILE, INT8_FILE, ONNX_FILE, make_session, run_session
+from bertlab.inference import OnnxBackend
+from bertlab.tasks.base import Task, export_onnx_beside, load_model
+from bertlab.tasks.classify import ClassifyTask
+from bertlab.tasks.ner import NerTask
+from bertlab.tasks.pretrain import PretrainTask
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -60,42 +60,49 @@ def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_wordpiece(texts, tmp_path_factory.mktemp("tok") / "wp", vocab_size=120, min_frequency=1)
 
 
-def _config(tok_dir: Path) -> dict:
-    return {
-        "vocab_size": load_tokenizer(tok_dir).get_vocab_size(),
-        "hidden_size": 32,
-        "num_layers": 1,
-        "num_heads": 2,
-        "intermediate_size": 64,
-        "max_position_embeddings": 64,
-    }
+def _config(tok_dir: Path) -> BertConfig:
+    return BertConfig(
+        vocab_size=load_tokenizer(tok_dir).get_vocab_size(),
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+
+
+def _export(task: Task, tok_dir: Path, out: Path, seed: int, scale: float = 1.0) -> torch.nn.Module:
+    """A random-weight model of ``task`` exported to ``out`` as a run exports it."""
+    torch.manual_seed(seed)
+    model = task.build_model(_config(tok_dir)).eval()
+    if scale != 1.0:
+        with torch.no_grad():  # logits far enough apart that int8 keeps the labels
+            model.head.classifier.weight.mul_(scale)
+    task.export_hf(model, tok_dir, out, {"task": task.metadata()})
+    return model
 
 
 @pytest.fixture(scope="module")
 def cls_dir(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    module = ClassifyModule(_config(tok_dir), {}, num_labels=3, label_names=["neg", "neu", "pos"])
-    with torch.no_grad():  # logits far enough apart that int8 keeps the labels
-        module.head.classifier.weight.mul_(20)
     out = tmp_path_factory.mktemp("cls") / "export"
-    meta = {"task": "classify", "pooling": "cls", "problem_type": "single_label"}
-    export_classifier(
-        module.encoder, module.head.classifier, module.label_names, tok_dir, out, False, metadata=meta
-    )
-    export_to_onnx(out, quantize="int8", max_seq_length=32)
+    _export(ClassifyTask(labels=["neg", "neu", "pos"], max_seq_length=32), tok_dir, out, seed=0, scale=20)
+    export_onnx_beside(out, quantize="int8", max_seq_length=32)
     return out
 
 
 @pytest.fixture(scope="module")
 def ner_dir(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(1)
     labels = ["O", "B-person", "I-person", "B-location", "I-location"]
-    module = NerModule(_config(tok_dir), {}, label_names=labels)
     out = tmp_path_factory.mktemp("ner") / "export"
-    meta = {"task": "ner", "scheme": "IOB2"}
-    export_classifier(module.encoder, module.head.classifier, labels, tok_dir, out, True, metadata=meta)
-    export_to_onnx(out, max_seq_length=32)
+    _export(
+        NerTask(labels=labels, word_split="whitespace", max_seq_length=32, stride=8), tok_dir, out, seed=1
+    )
+    export_onnx_beside(out, max_seq_length=32)
     return out
+
+
+def _inputs(batch: dict[str, np.ndarray]) -> list[torch.Tensor]:
+    return [torch.from_numpy(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
 
 
 def _predict(model: Path, lines: list[str], tmp_path: Path, *extra: str) -> list[dict]:
@@ -107,7 +114,11 @@ def _predict(model: Path, lines: list[str], tmp_path: Path, *extra: str) -> list
 
 def test_classifier_onnx_equals_torch(cls_dir: Path, tmp_path: Path, capsys) -> None:
     info = json.loads((cls_dir / INFO_FILE).read_text())
-    assert info["opset"] == 18 and info["task"] == "classify" and info["labels"] == ["neg", "neu", "pos"]
+    assert (
+        info["opset"] == 18
+        and info["task"]["name"] == "classify"
+        and info["task"]["labels"] == ["neg", "neu", "pos"]
+    )
     assert info["check"]["max_abs_diff"]["logits"] <= 1e-4
     assert [s[0] for s in info["check"]["batch_shapes"]] == [7, 1]  # padded batch, then one sentence
     session = make_session(cls_dir / ONNX_FILE, threads=1)
@@ -115,27 +126,26 @@ def test_classifier_onnx_equals_torch(cls_dir: Path, tmp_path: Path, capsys) -> 
     assert session.get_outputs()[0].shape == ["batch", 3]
 
     # logits: onnxruntime against the PyTorch module, on a padded batch of another shape than the check's
-    _, module, _ = load_predictor(cls_dir)
-    batch = encode_texts(cls_dir, LINES, 32)
+    task, model, _ = load_model(cls_dir)
+    tokenizer = load_tokenizer(cls_dir)
+    batch = task.check_batches(tokenizer, LINES, 32)[0]
     assert batch["attention_mask"].min() == 0 and batch["token_type_ids"].max() == 1
     with torch.no_grad():
-        ref = module(*(torch.from_numpy(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")))
-    got = OnnxLogits(cls_dir / ONNX_FILE, threads=1)({k: torch.from_numpy(v) for k, v in batch.items()})
-    torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+        ref = model(*_inputs(batch))
+    (got,) = OnnxBackend(cls_dir / ONNX_FILE, task.output_names, threads=1)(batch)
+    torch.testing.assert_close(torch.from_numpy(got), ref, atol=1e-4, rtol=0)
     # longer than any check input (32): the sequence axis is not tied to the check's shapes
-    long = encode_texts(cls_dir, [" ".join(WORDS * 3), "ok"], 64)
+    long = task.check_batches(tokenizer, [" ".join(WORDS * 3), "ok"], 64)[0]
     assert long["input_ids"].shape[1] == 64
     with torch.no_grad():
-        ref_long = module(
-            *(torch.from_numpy(long[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
-        )
+        ref_long = model(*_inputs(long))
     np.testing.assert_allclose(run_session(session, long)[0], ref_long.numpy(), atol=1e-4, rtol=0)
 
     # the command line: same labels and scores from both backends (batches sorted by length, batch 2)
     rows_pt = _predict(cls_dir, LINES, tmp_path, "--batch-size", "2")
     rows_ort = _predict(cls_dir, LINES, tmp_path, "--batch-size", "2", "--backend", "onnx", "--threads", "1")
     err = capsys.readouterr().err
-    assert "5 lines, classify, torch:" in err and "5 lines, classify, onnx:" in err and "sentences/s" in err
+    assert "5 inputs, classify, torch:" in err and "5 inputs, classify, onnx:" in err and "inputs/s" in err
     assert [r["label"] for r in rows_ort] == [r["label"] for r in rows_pt]
     assert [r["label"] for r in rows_pt] == ["neg neu pos".split()[int(i)] for i in ref.argmax(-1)]
     for a, b in zip(rows_pt, rows_ort):
@@ -150,7 +160,7 @@ def test_classifier_onnx_equals_torch(cls_dir: Path, tmp_path: Path, capsys) -> 
 
 def test_ner_onnx_equals_torch(ner_dir: Path, tmp_path: Path) -> None:
     info = json.loads((ner_dir / INFO_FILE).read_text())
-    assert info["task"] == "ner" and info["scheme"] == "IOB2" and "int8" not in info
+    assert info["task"]["name"] == "ner" and info["task"]["scheme"] == "IOB2" and "int8" not in info
     session = make_session(ner_dir / ONNX_FILE)
     assert session.get_outputs()[0].shape == ["batch", "seq", 5]
     rows_pt = _predict(ner_dir, NER_LINES, tmp_path, "--batch-size", "3")
@@ -161,10 +171,10 @@ def test_ner_onnx_equals_torch(ner_dir: Path, tmp_path: Path) -> None:
     spans = [e for r in rows_pt for e in r["entities"]]
     assert all(set(e) >= {"start", "end", "text"} for e in spans)
     # token logits at every position of a padded batch
-    _, module, _ = load_predictor(ner_dir)
-    batch = encode_texts(ner_dir, NER_LINES, 32)
+    task, model, _ = load_model(ner_dir)
+    batch = task.check_batches(load_tokenizer(ner_dir), NER_LINES, 32)[0]
     with torch.no_grad():
-        ref = module({k: torch.from_numpy(v) for k, v in batch.items()}).numpy()
+        ref = model(*_inputs(batch)).numpy()
     np.testing.assert_allclose(run_session(session, batch)[0], ref, atol=1e-4, rtol=0)
 
 
@@ -195,7 +205,7 @@ def test_failed_check_writes_nothing(cls_dir: Path, tmp_path: Path, monkeypatch,
     # int8 agreement too low: nothing at all is written either (not even the fp32 model)
     monkeypatch.setattr(onnx_export, "_torch_outputs", real)
     with pytest.raises(BertlabError, match="int8 check failed"):
-        export_to_onnx(out, quantize="int8", max_seq_length=32, int8_min_agreement=1.01)
+        export_onnx_beside(out, quantize="int8", max_seq_length=32, int8_min_agreement=1.01)
     assert sorted(p.name for p in out.iterdir()) == before
 
 
@@ -214,22 +224,22 @@ def test_onnx_refused_when_stale_or_missing(cls_dir: Path, tmp_path: Path, capsy
     assert "exported from other weights" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         export_main([str(tmp_path / "nowhere")])
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nowhere'} does not exist"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: no run directory or export directory at {tmp_path / 'nowhere'}"
+    )
 
 
 def test_pretraining_export(tok_dir: Path, tmp_path: Path) -> None:
-    torch.manual_seed(2)
-    model = BertForPretraining(BertConfig(**_config(tok_dir))).eval()
-    out = export_pretraining(model, tok_dir, tmp_path / "export")
-    _, info = export_to_onnx(out, max_seq_length=32)
-    assert info["task"] == "pretrain" and info["outputs"] == ["mlm_logits", "nsp_logits"]
-    session = make_session(out / ONNX_FILE)
-    batch = encode_texts(out, LINES[::-1], 32)
+    task = PretrainTask(max_seq_length=32)
+    model = _export(task, tok_dir, tmp_path / "export", seed=2)
+    _, info = export_onnx_beside(tmp_path / "export", max_seq_length=32)
+    assert info["task"]["name"] == "pretrain" and info["outputs"] == ["mlm_logits", "nsp_logits"]
+    session = make_session(tmp_path / "export" / ONNX_FILE)
+    batch = task.check_batches(load_tokenizer(tok_dir), LINES[::-1], 32)[0]
     mlm, nsp = run_session(session, batch)
     with torch.no_grad():
-        seq, pooled = model.encoder(
-            *(torch.from_numpy(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
-        )
+        seq, pooled = model.encoder(*_inputs(batch))
         ref_mlm, ref_nsp = model.mlm_head(seq), model.nsp_head(pooled)
     assert mlm.shape == (*batch["input_ids"].shape, model.config.vocab_size)
     np.testing.assert_allclose(mlm, ref_mlm.numpy(), atol=1e-4, rtol=0)
@@ -238,12 +248,16 @@ def test_pretraining_export(tok_dir: Path, tmp_path: Path) -> None:
 
 def test_export_onnx_at_end_of_training(compose_cfg) -> None:
     """``export_onnx=int8`` in the train config: a tiny pretraining run ends with both ONNX files."""
-    from bertlab.cli.run import run
+    from bertlab.job import run
 
     cfg = compose_cfg(["trainer.max_steps=2", "trainer.val_check_interval=2", "export_onnx=int8"])
     run(cfg)
     export = Path(cfg.paths.output_dir) / "export"
     info = json.loads((export / INFO_FILE).read_text())
-    assert info["task"] == "pretrain" and (export / ONNX_FILE).is_file() and (export / INT8_FILE).is_file()
+    assert (
+        info["task"]["name"] == "pretrain"
+        and (export / ONNX_FILE).is_file()
+        and (export / INT8_FILE).is_file()
+    )
     assert max(info["check"]["max_abs_diff"].values()) <= 1e-4
     assert json.loads((export.parent / "summary.json").read_text())["status"] == "completed"

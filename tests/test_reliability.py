@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bertlab.cli.run import run
 from bertlab.errors import BertlabError
+from bertlab.job import run
 from bertlab.tasks.pretrain import PretrainModule
 from tests.conftest import REPO, run_cli
 
@@ -96,7 +96,7 @@ def test_a_kill_at_any_checkpoint_write_leaves_a_resumable_run(compose_cfg, monk
     last.ckpt must name a best checkpoint that exists (else the resumed run fails at the end), and
     a last.ckpt from a validation step must postdate that validation (else the resumed run skips
     it). One last.ckpt, never last-v1.ckpt."""
-    from bertlab.cli.callbacks import AtomicCheckpointIO
+    from bertlab.training.callbacks import AtomicCheckpointIO
 
     cfg = compose_cfg(["trainer.max_steps=12", "trainer.val_check_interval=4", "trainer.log_every_n_steps=1",
                        "callbacks.periodic_checkpoint.every_n_train_steps=2"])  # fmt: skip

@@ -4,16 +4,19 @@ contract, and one-line errors for bad input."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import get_class
 
-from bertlab.cli.run import run
-from tests.conftest import CONF_DIR, run_cli
+from bertlab.job import make_task, run, run_context, validate_config
+from tests.conftest import CONF_DIR, run_cli, run_in_process
 
-MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
-TASKS = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml"))
+# Group options; a leading underscore marks a shared base that other options build on.
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("[!_]*.yaml"))
+TASKS = sorted(p.stem for p in (CONF_DIR / "task").glob("[!_]*.yaml"))
 SHAPES = {
     "tiny": (2, 128),
     "mini": (4, 256),
@@ -27,12 +30,16 @@ SHAPES = {
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("model", MODELS)
 def test_every_task_model_hardware_composes(compose_cfg, labelled_files, task, model):
+    precision = {"cpu": "32-true", "gpu": "bf16-mixed"}
     for hardware in ("cpu", "gpu"):
         cfg = compose_cfg([f"task={task}", f"model={model}", f"hardware={hardware}"] + labelled_files[task])
-        from bertlab.cli.run import validate_config
-
         validate_config(cfg)
-        assert cfg.task.name == task and cfg.model.name == model
+        # The task config names a Task class that reads the data its default data config builds.
+        implementation = make_task(cfg)
+        assert implementation.name == task
+        assert issubclass(get_class(cfg.data._target_), implementation.datamodule_class)
+        # The hardware option and its shared base compose: speed settings only.
+        assert cfg.hardware.precision == precision[hardware] and cfg.hardware.micro_batch_size is None
 
 
 def test_model_sizes_have_berts_published_shapes(compose_cfg):
@@ -64,8 +71,10 @@ def test_defaults_list_has_every_group_and_empty_slots(compose_cfg):
         assert choices.get(group), group
     for slot in ["experiment", "debug", "hparams_search"]:
         assert slot in choices and choices[slot] is None
-    assert cfg.hydra.run.dir.endswith(cfg.hydra.run.dir.split("/runs/")[-1])
-    assert "/pretrain/runs/" in cfg.hydra.run.dir
+    # logs/<task>/runs/<date>_<time>_<4-digit pid>: sortable, and unique per process
+    assert re.search(r"/logs/pretrain/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{4}$", cfg.hydra.run.dir), (
+        cfg.hydra.run.dir
+    )
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +120,12 @@ MODEL_PARAMS = [pytest.param(m, marks=pytest.mark.slow) if m not in ("tiny", "mi
 def test_fast_dev_run_every_task_model_on_cpu(compose_cfg, labelled_files, task, model):
     overrides = [f"task={task}", f"model={model}", "hardware=cpu", "debug=fdr", "logger=none"]
     cfg = compose_cfg(overrides + labelled_files[task])
-    run(cfg)
+    value = run(cfg)
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    # One training and one validation batch ran, and the task's metric came out of it.
+    assert summary["status"] == "completed" and summary["global_step"] == 1 and summary["task"] == task
+    assert summary["monitor"] in summary["metrics"] and value == summary["metrics"][summary["monitor"]]
+    assert summary["export"] is None and not (Path(cfg.paths.output_dir) / "export").exists()
 
 
 def test_short_run_learns_something_and_writes_contract(compose_cfg, tmp_path):
@@ -147,7 +161,7 @@ def test_short_run_learns_something_and_writes_contract(compose_cfg, tmp_path):
 def test_export_loads_in_transformers_with_same_logits(compose_cfg):
     transformers = pytest.importorskip("transformers")
     from bertlab.data.tokenizer import load_tokenizer
-    from bertlab.tasks.pretrain import PretrainModule
+    from bertlab.tasks.base import load_model
 
     cfg = compose_cfg(["trainer.max_steps=4", "trainer.val_check_interval=2"])
     run(cfg)
@@ -156,10 +170,7 @@ def test_export_loads_in_transformers_with_same_logits(compose_cfg):
     hf, info = transformers.BertForPreTraining.from_pretrained(out / "export", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     hf.eval()
-    ckpt = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
-    module = PretrainModule(**ckpt["hyper_parameters"])
-    module.load_state_dict(ckpt["state_dict"])
-    module.eval()
+    _, model, _ = load_model(summary["best_checkpoint"])  # the plain-torch model, from the checkpoint
 
     tok = transformers.BertTokenizerFast.from_pretrained(out / "export")
     ours = load_tokenizer(out / "export")
@@ -170,7 +181,7 @@ def test_export_loads_in_transformers_with_same_logits(compose_cfg):
     labels[0, 2] = enc["input_ids"][0, 2]
     with torch.no_grad():
         ref = hf(**enc)
-        got = module.model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], labels)
+        got = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"], labels)
     torch.testing.assert_close(got["nsp_logits"], ref.seq_relationship_logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(got["mlm_logits"][0], ref.prediction_logits[0, 2], atol=1e-5, rtol=0)
 
@@ -206,11 +217,17 @@ def _assert_one_line_error(res, *fragments: str) -> None:
         assert f in lines[-1], lines[-1]
 
 
-def _no_run_output(root: Path) -> None:
-    runs = root / "logs" / "pretrain" / "runs"
-    for run_dir in runs.iterdir() if runs.exists() else []:
-        assert not (run_dir / "export").exists()
-        assert not (run_dir / "checkpoints").exists()
+def _assert_one_line(code: int, err: str, *fragments: str) -> None:
+    assert code == 2, (code, err[-2000:])
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and "Traceback" not in err, err[-2000:]
+    for f in fragments:
+        assert f in lines[-1], lines[-1]
+
+
+def _no_run_output(run_dir: Path) -> None:
+    assert not (run_dir / "export").exists()
+    assert not (run_dir / "checkpoints").exists()
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -228,25 +245,25 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_corpus_gives_one_line_error(tmp_path, case):
+def test_bad_corpus_gives_one_line_error(compose_cfg, capsys, tmp_path, case):
     data, fragments = BAD_INPUTS[case]
     path = tmp_path / f"{case}.txt"
     if data is not None:
         _write(path, data)
-    root = tmp_path / "root"
-    res = run_cli(["data=text_files", f"data.files=[{path}]", *_small()], root, timeout=300)
-    _assert_one_line_error(res, path.name, *fragments)
-    _no_run_output(root)
+    cfg = compose_cfg(["data=text_files", f"data.files=[{path}]", *_small()])
+    code, err = run_in_process(cfg, capsys)
+    _assert_one_line(code, err, path.name, *fragments)
+    _no_run_output(Path(cfg.paths.output_dir))
 
 
-def test_tokenizer_vocab_mismatch_is_one_line_error(tmp_path, bertlab_root):
-    res = run_cli(["model.vocab_size=12345", *_small()], tmp_path / "root", timeout=300)
-    _assert_one_line_error(res, "vocab_size=12345", "tokenizer")
+def test_tokenizer_vocab_mismatch_is_one_line_error(compose_cfg, capsys):
+    code, err = run_in_process(compose_cfg(["model.vocab_size=12345", *_small()]), capsys)
+    _assert_one_line(code, err, "vocab_size=12345", "tokenizer")
 
 
-def test_seq_length_above_positions_is_one_line_error(tmp_path):
-    res = run_cli(["data.max_seq_length=1024"], tmp_path / "root", timeout=300)
-    _assert_one_line_error(res, "max_seq_length=1024", "max_position_embeddings=512")
+def test_seq_length_above_positions_is_one_line_error(compose_cfg, capsys):
+    code, err = run_in_process(compose_cfg(["data.max_seq_length=1024"]), capsys)
+    _assert_one_line(code, err, "max_seq_length=1024", "max_position_embeddings=512")
 
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -303,14 +320,16 @@ def test_pretraining_from_a_datasets_builder(compose_cfg, tmp_path):
     assert summary["data"]["documents"] == 40
 
 
-def test_processed_data_cache_is_reused_and_keyed_by_settings(compose_cfg):
-    from bertlab.cli.run import build_pretrain
+def _build(cfg):
+    return make_task(cfg).build(cfg, None, run_context(cfg))
 
-    first = build_pretrain(compose_cfg(["logger=none"])).datamodule.data_dir()
+
+def test_processed_data_cache_is_reused_and_keyed_by_settings(compose_cfg):
+    first = _build(compose_cfg(["logger=none"])).datamodule.data_dir()
     stamp = (first / "stats.json").stat().st_mtime_ns
-    again = build_pretrain(compose_cfg(["logger=none"])).datamodule.data_dir()
+    again = _build(compose_cfg(["logger=none"])).datamodule.data_dir()
     assert again == first and (first / "stats.json").stat().st_mtime_ns == stamp
-    other = build_pretrain(compose_cfg(["logger=none", "data.short_seq_prob=0.5"])).datamodule.data_dir()
+    other = _build(compose_cfg(["logger=none", "data.short_seq_prob=0.5"])).datamodule.data_dir()
     assert other != first and (other / "stats.json").exists()
 
 

@@ -1,11 +1,15 @@
-"""One training job from a composed config: data, module, trainer, run-directory contract."""
+"""One training job from a composed config: the task, its data and module, the Trainer, and the
+run directory (:mod:`bertlab.runs`).
+
+The job never names a task: it instantiates ``cfg.task`` (a :class:`~bertlab.tasks.base.Task`) and
+asks it for the monitored metric, the data and module, the summary and the export.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,39 +22,29 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from bertlab.cli.callbacks import AtomicCheckpointIO, NonFiniteGuard, RunIdentity, SaveOnInterrupt
-from bertlab.cli.distributed import DistributedLayout, step_layout, trainer_settings
-from bertlab.data.labelled import ClassifyDataModule
-from bertlab.data.ner import NerDataModule
-from bertlab.data.pretrain import PretrainDataModule
-from bertlab.data.tokenizer import load_tokenizer, special_token_ids
+from bertlab import runs
 from bertlab.errors import BertlabError
-from bertlab.export.hf import export_classifier, export_pretraining
-from bertlab.tasks.classify import ClassifyModule
-from bertlab.tasks.init_from import Pretrained, load_encoder_weights, load_pretrained
-from bertlab.tasks.ner import NerModule
-from bertlab.tasks.pretrain import PretrainModule
+from bertlab.pretrained import load_pretrained, safe_torch_load
+from bertlab.tasks.base import RunContext, Task, export_onnx_beside
+from bertlab.training.callbacks import AtomicCheckpointIO, NonFiniteGuard, RunIdentity, SaveOnInterrupt
+from bertlab.training.distributed import DistributedLayout, launch_local_ranks, step_layout, trainer_settings
+from bertlab.training.loggers import CSVLogger
 
 log = logging.getLogger("bertlab")
 
-MODEL_FIELDS = (
-    "num_layers",
-    "hidden_size",
-    "num_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-    "type_vocab_size",
-    "hidden_dropout",
-    "attention_dropout",
-    "layer_norm_eps",
-    "initializer_range",
-)
-# Which data config kind each task reads.
-TASK_DATA = {"pretrain": "pretrain", "classify": "labelled", "ner": "conll"}
 
-
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+def make_task(cfg: DictConfig) -> Task:
+    """The task ``cfg.task`` names by its ``_target_``."""
+    if not cfg.task.get("_target_"):
+        raise BertlabError("the task config has no _target_ (the Task class that implements it)")
+    try:
+        task = hydra.utils.instantiate(cfg.task, _convert_="all")
+    except Exception as e:  # an import error or a wrong setting in a user's task config
+        cause = e.__cause__ or e
+        raise BertlabError(f"task: cannot create {cfg.task._target_}: {cause}") from None
+    if not isinstance(task, Task):
+        raise BertlabError(f"task: {cfg.task._target_} is not a bertlab.tasks.base.Task")
+    return task
 
 
 def missing_values(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -69,22 +63,15 @@ def missing_values(cfg: DictConfig, prefix: str = "") -> list[str]:
     return missing
 
 
-def validate_config(cfg: DictConfig) -> None:
+def validate_config(cfg: DictConfig, task: Task | None = None) -> None:
     """Checks that need no data: clear one-line errors before any work starts."""
+    task = task or make_task(cfg)
     missing = missing_values(cfg)
     if missing:
         raise BertlabError(
             f"missing required value(s): {', '.join(missing)} (set them on the command line, e.g. {missing[0]}=...)"
         )
-    task = cfg.task.name
-    if task not in TASK_DATA:
-        raise BertlabError(f"task={task} is not one of {', '.join(TASK_DATA)}")
-    kind = cfg.data.get("kind")
-    if kind != TASK_DATA[task]:
-        wanted = {"pretrain": "generated|text_files|hub", "labelled": "csv", "conll": "conll"}[
-            TASK_DATA[task]
-        ]
-        raise BertlabError(f"task={task} reads data={wanted}, but the data config is of kind {kind!r}")
+    task.check_config(cfg)
     if cfg.model.get("init_from") is None:
         max_pos = int(cfg.model.max_position_embeddings)
         if int(cfg.data.max_seq_length) > max_pos:
@@ -92,11 +79,6 @@ def validate_config(cfg: DictConfig) -> None:
                 f"data.max_seq_length={cfg.data.max_seq_length} is more than the model's "
                 f"max_position_embeddings={max_pos} (model={cfg.model.name})"
             )
-    if task != "pretrain" and not cfg.model.get("init_from") and not cfg.tokenizer.get("path"):
-        raise BertlabError(
-            f"task={task} needs a pretrained model (model.init_from=<run dir | .ckpt | HF dir>) "
-            "or, to start from random weights, a tokenizer (tokenizer.path=<dir>)"
-        )
     if cfg.hardware.get("strategy") == "fsdp" and cfg.hardware.get("accelerator") == "cpu":
         raise BertlabError(
             "hardware=fsdp needs GPUs (torch's FSDP does not run on CPU); "
@@ -109,39 +91,19 @@ def validate_config(cfg: DictConfig) -> None:
         raise BertlabError("export_onnx needs export=true (the ONNX file is written beside the HF export)")
 
 
-def model_config(cfg: DictConfig, tokenizer_dir: Path, pretrained: Pretrained | None) -> dict[str, Any]:
-    """The encoder's shape: the pretrained model's when there is one, else ``cfg.model`` with the
-    tokenizer's vocabulary. Either way the vocabulary must match the tokenizer."""
-    tokenizer = load_tokenizer(tokenizer_dir)
-    vocab_size = tokenizer.get_vocab_size()
-    if pretrained is not None:
-        fields = dict(vars(pretrained.config))
-        if fields["vocab_size"] != vocab_size:
-            raise BertlabError(
-                f"the tokenizer in {tokenizer_dir} has {vocab_size} tokens but the model "
-                f"{pretrained.source} has a vocabulary of {fields['vocab_size']}"
-            )
-        max_len = int(cfg.data.max_seq_length)
-        if max_len > fields["max_position_embeddings"]:
-            raise BertlabError(
-                f"data.max_seq_length={max_len} is more than the pretrained model's "
-                f"max_position_embeddings={fields['max_position_embeddings']} ({pretrained.source})"
-            )
-        return fields
-    wanted = cfg.model.get("vocab_size")
-    if wanted is not None and int(wanted) != vocab_size:
-        raise BertlabError(
-            f"model.vocab_size={wanted} does not match the tokenizer's vocabulary of {vocab_size} "
-            f"tokens ({tokenizer_dir}); set model.vocab_size=null to follow the tokenizer"
-        )
-    fields = {k: cfg.model[k] for k in MODEL_FIELDS}
-    return {**fields, "vocab_size": vocab_size, "pad_token_id": special_token_ids(tokenizer)["pad"]}
-
-
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [hydra.utils.instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+
+
+def _log_export_artifact(logger: WandbLogger, export_dir: Path, task: str, metrics: dict[str, float]) -> None:
+    """The HF export as a W&B model artifact (``logger.wandb.log_export=true``)."""
+    import wandb
+
+    artifact = wandb.Artifact(f"{task}-{logger.experiment.id}", type="model", metadata={"metrics": metrics})
+    artifact.add_dir(str(export_dir))
+    logger.experiment.log_artifact(artifact)
 
 
 def _log_export_artifact(logger: WandbLogger, export_dir: Path, task: str, metrics: dict[str, float]) -> None:
@@ -186,8 +148,6 @@ def _resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
 
 def _last_good_checkpoint(folder: Path) -> str | None:
     """``last.ckpt``, or, when it is truncated or corrupt, the newest checkpoint that loads."""
-    from bertlab.tasks.init_from import safe_torch_load
-
     if not folder.is_dir():
         return None
     candidates = sorted(folder.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
@@ -212,8 +172,6 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
     resumed: dict[str, Any] = {}
     if ckpt_path:
         # What the loggers need from the checkpoint resumed, read once.
-        from bertlab.tasks.init_from import safe_torch_load
-
         saved = safe_torch_load(Path(ckpt_path))
         resumed = {"global_step": int(saved["global_step"]), "wandb_run_id": saved.get("wandb_run_id")}
         del saved
@@ -230,151 +188,28 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
             pass
     loggers = [hydra.utils.instantiate(c) for c in group.values() if c and "_target_" in c]
     if resumed:
-        from bertlab.cli.csv_logger import CSVLogger
-
         for lg in loggers:
             if isinstance(lg, CSVLogger):
                 lg.keep_before_step = resumed["global_step"]
     return loggers
 
 
-@dataclass
-class Job:
-    datamodule: L.LightningDataModule
-    module: L.LightningModule
-    tokenizer_dir: Path
-
-
-def _optimizer(cfg: DictConfig) -> dict[str, Any]:
-    """The optimizer settings, with the hardware's fused-kernel choice (speed only)."""
-    return {**_plain(cfg.optimizer), "fused": cfg.hardware.get("fused_optimizer")}
-
-
-def _data_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    data = _plain(cfg.data)
-    data.pop("kind", None)
-    data["batch_size"] = step_layout(cfg)[1]  # one device's micro-batch of the global batch
-    return {
-        **data,
-        "num_workers": int(cfg.hardware.num_workers),
-        "pin_memory": bool(cfg.hardware.pin_memory),
-        "seed": int(cfg.seed),
-    }
-
-
-def _pretrained(cfg: DictConfig) -> Pretrained | None:
-    init_from = cfg.model.get("init_from")
-    return load_pretrained(init_from) if init_from else None
-
-
-def _tokenizer_for(cfg: DictConfig, pretrained: Pretrained | None) -> Path:
-    if cfg.tokenizer.get("path"):
-        return Path(cfg.tokenizer.path)
-    if pretrained is not None:
-        if pretrained.tokenizer_dir is None:
-            raise BertlabError(
-                f"{pretrained.source}: no tokenizer (tokenizer.json or vocab.txt) beside the model"
-            )
-        return pretrained.tokenizer_dir
-    raise BertlabError("no tokenizer: set tokenizer.path or model.init_from")
-
-
-def build_pretrain(cfg: DictConfig) -> Job:
-    pretrained = _pretrained(cfg)
-    tokenizer = _plain(cfg.tokenizer)
-    if pretrained is not None and not tokenizer.get("path"):
-        tokenizer["path"] = str(_tokenizer_for(cfg, pretrained))
-    datamodule = PretrainDataModule(
-        **_data_kwargs(cfg), tokenizer=tokenizer, cache_dir=str(cfg.paths.cache_dir)
-    )
-    tokenizer_dir = datamodule.prepare_tokenizer()
-    module = PretrainModule(
-        model_config=model_config(cfg, tokenizer_dir, pretrained),
-        optimizer=_optimizer(cfg),
+def run_context(cfg: DictConfig) -> RunContext:
+    """What the run decides for the task: the micro-batch, the optimizer (with the hardware's fused
+    kernel choice, speed only), compilation and the cache folder."""
+    return RunContext(
+        micro_batch=step_layout(cfg)[1],
+        optimizer={
+            **OmegaConf.to_container(cfg.optimizer, resolve=True),
+            "fused": cfg.hardware.get("fused_optimizer"),
+        },
         compile=bool(cfg.hardware.compile),
-    )
-    if pretrained is not None and pretrained.pretraining_state is not None:
-        # Continuing pretraining: the MLM and NSP heads come along with the encoder.
-        result = module.model.load_state_dict(pretrained.pretraining_state, strict=False)
-        if result.unexpected_keys or any(k.split(".")[-2] != "pooler" for k in result.missing_keys):
-            raise BertlabError(
-                f"{pretrained.source}: weights do not fit the model ({result.missing_keys[:3]})"
-            )
-    elif pretrained is not None:
-        load_encoder_weights(module.model.encoder, pretrained)
-    datamodule.prepare_data()
-    log.info("data: %s", json.dumps(datamodule.stats()))
-    return Job(datamodule, module, tokenizer_dir)
-
-
-def build_finetune(cfg: DictConfig) -> Job:
-    pretrained = _pretrained(cfg)
-    tokenizer_dir = _tokenizer_for(cfg, pretrained)
-    load_tokenizer(tokenizer_dir)  # a clear error for a broken tokenizer before reading data
-    fields = model_config(cfg, tokenizer_dir, pretrained)
-    kwargs = _data_kwargs(cfg)
-    task = cfg.task.name
-    if task == "classify":
-        datamodule = ClassifyDataModule(
-            **kwargs, tokenizer_dir=str(tokenizer_dir), cache_dir=str(cfg.paths.cache_dir)
-        )
-    else:
-        datamodule = NerDataModule(**kwargs, tokenizer_dir=str(tokenizer_dir))
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    labels = list(datamodule.labels)
-    optimizer = _optimizer(cfg)
-    if task == "classify":
-        module: L.LightningModule = ClassifyModule(
-            model_config=fields,
-            optimizer=optimizer,
-            num_labels=datamodule.num_labels,
-            label_names=labels,
-            problem_type=str(cfg.data.problem_type),
-            pooling=str(cfg.task.pooling),
-            classifier_dropout=float(cfg.task.classifier_dropout),
-        )
-    else:
-        module = NerModule(
-            model_config=fields,
-            optimizer=optimizer,
-            label_names=labels,
-            scheme=str(cfg.data.scheme),
-            classifier_dropout=float(cfg.task.classifier_dropout),
-            strict=bool(cfg.task.strict),
-        )
-    if pretrained is not None:
-        load_encoder_weights(module.encoder, pretrained)
-    if cfg.hardware.compile:
-        module.encoder.compile(dynamic=True)  # in place: state_dict keys unchanged
-    log.info("%s: %d labels %s", task, len(labels), labels[:20])
-    return Job(datamodule, module, tokenizer_dir)
-
-
-def _export(cfg: DictConfig, job: Job, out_dir: Path, metadata: dict[str, Any]) -> Path:
-    task = cfg.task.name
-    if task == "pretrain":
-        return export_pretraining(job.module.model, job.tokenizer_dir, out_dir, metadata=metadata)
-    module = job.module
-    extra = {"task": task}
-    if task == "classify":
-        extra.update(pooling=module.hparams["pooling"], problem_type=module.hparams["problem_type"])
-    else:
-        extra.update(scheme=module.hparams["scheme"])
-    return export_classifier(
-        module.encoder,
-        module.head.classifier,
-        list(module.hparams["label_names"]),
-        job.tokenizer_dir,
-        out_dir,
-        token_level=task == "ner",
-        problem_type=module.hparams.get("problem_type", "single_label"),
-        metadata={**metadata, **extra},
+        cache_dir=str(cfg.paths.cache_dir),
     )
 
 
 def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    kwargs = _plain(cfg.trainer)
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     if isinstance(kwargs.get("profiler"), dict):
         kwargs["profiler"] = hydra.utils.instantiate(kwargs["profiler"])
     return kwargs
@@ -429,7 +264,7 @@ def run_phases(cfg: DictConfig) -> float | None:
     offset, init_from, results = 0, cfg.model.get("init_from"), []
     for k, (phase, n) in enumerate(zip(phases, steps), start=1):
         phase_dir = out_dir / f"phase{k}_{phase.name}"
-        if not (phase_dir / "summary.json").is_file():
+        if not runs.is_run_dir(phase_dir):
             pcfg = cfg.copy()
             with open_dict(pcfg):
                 pcfg.task.phases = None
@@ -444,9 +279,7 @@ def run_phases(cfg: DictConfig) -> float | None:
                 pcfg.ckpt_path = "last"  # this phase's own last good checkpoint, if it has one
             log.info("phase %d/%d (%s): %d steps", k, len(phases), phase.name, n)
             run(pcfg)
-        results.append(
-            {"phase": phase.name, "steps": n, **json.loads((phase_dir / "summary.json").read_text())}
-        )
+        results.append({"phase": phase.name, "steps": n, **runs.read_summary(phase_dir)})
         offset += n
         init_from = str(phase_dir)
     final = results[-1]
@@ -462,9 +295,8 @@ def run_phases(cfg: DictConfig) -> float | None:
             for i, r in enumerate(results, 1)
         ],
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    monitor = cfg.task.get("monitor")
-    return final["metrics"].get(monitor) if monitor else None
+    runs.write_summary(out_dir, summary)
+    return final["metrics"].get(final.get("monitor"))
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -472,7 +304,11 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.task.get("phases"):
         return run_phases(cfg)
     started = time.time()
-    validate_config(cfg)
+    task = make_task(cfg)
+    validate_config(cfg, task)
+    monitor, monitor_mode = task.monitor(cfg)
+    with open_dict(cfg):  # the checkpoint callback and the resolved config read them from here
+        cfg.task.monitor, cfg.task.monitor_mode = monitor, monitor_mode
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # the other ranks of a DDP job share the run directory
@@ -484,8 +320,11 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.hardware.get("threads"):
         torch.set_num_threads(int(cfg.hardware.threads))
 
-    job = build_pretrain(cfg) if cfg.task.name == "pretrain" else build_finetune(cfg)
+    init_from = cfg.model.get("init_from")
+    pretrained = load_pretrained(init_from) if init_from else None
+    job = task.build(cfg, pretrained, run_context(cfg))
     datamodule, module = job.datamodule, job.module
+    log.info("%s: %s", task.name, json.dumps(task.summary(job), default=str)[:300])
 
     ckpt_path = _resolve_ckpt_path(cfg, out_dir)
     loggers = build_loggers(cfg, ckpt_path)
@@ -500,6 +339,7 @@ def run(cfg: DictConfig) -> float | None:
     if not loggers:
         # Without a logger there is nowhere to write the learning rate.
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+    launch_local_ranks(cfg.hardware)  # the other processes of a multi-process job, if any
     trainer = L.Trainer(
         accelerator=cfg.hardware.accelerator,
         devices=cfg.hardware.devices,
@@ -532,53 +372,43 @@ def run(cfg: DictConfig) -> float | None:
     elif not metrics and not fast:
         # No validation ran during training (a run shorter than val_check_interval): run one now.
         metrics = _metrics(trainer.validate(module, datamodule=datamodule, verbose=False), ("val/",))
-    has_test = cfg.task.name != "pretrain" and cfg.data.get("test_file")
-    if has_test:
+    if cfg.data.get("test_file"):
         results = trainer.test(
             module, datamodule=datamodule, ckpt_path=best if best and not fast else None, verbose=False
         )
         metrics.update(_metrics(results, ("test/",)))
-    reports = {}
-    for attr in ("last_entity_report", "last_confusion"):
-        if getattr(module, attr, None) is not None:
-            reports[attr.removeprefix("last_")] = getattr(module, attr)
 
     export_dir = None
     if cfg.get("export", True) and trainer.is_global_zero:
-        export_dir = _export(cfg, job, out_dir / "export", {"metrics": metrics, "checkpoint": best or last})
+        metadata = {"task": task.metadata(), "metrics": metrics, "checkpoint": best or last}
+        export_dir = task.export_hf(module.model, job.tokenizer_dir, out_dir / "export", metadata)
         onnx = cfg.get("export_onnx") or False
         if onnx:
-            from bertlab.cli.export import export_to_onnx  # onnx and onnxruntime only when asked
-
             quantize = "int8" if onnx == "int8" else None
-            export_to_onnx(export_dir, quantize=quantize, threads=cfg.hardware.get("threads") or 1)
+            export_onnx_beside(export_dir, quantize=quantize, threads=cfg.hardware.get("threads") or 1)
 
     summary = {
         "status": "completed",
-        "task": cfg.task.name,
+        "task": task.name,
         "model": cfg.model.name if not cfg.model.get("init_from") else str(cfg.model.init_from),
         "metrics": metrics,
+        "monitor": monitor,
+        "monitor_mode": monitor_mode,
         "global_step": int(trainer.global_step),
         "best_checkpoint": best or None,
         "last_checkpoint": last or None,
         "export": str(export_dir) if export_dir else None,
         "tokenizer": str(job.tokenizer_dir),
         "elapsed_s": round(time.time() - started, 1),
+        **task.summary(job),
     }
-    if isinstance(datamodule, PretrainDataModule):
-        summary["data"] = datamodule.stats()
-    else:
-        summary["labels"] = list(datamodule.labels)
-    if reports:
-        summary["reports"] = reports
     if trainer.is_global_zero:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        runs.write_summary(out_dir, summary)
         for logger in loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.summary.update(metrics)
                 if export_dir and cfg.logger.wandb.get("log_export"):
-                    _log_export_artifact(logger, export_dir, cfg.task.name, metrics)
-                logger.experiment.save(str(out_dir / "summary.json"), base_path=str(out_dir), policy="now")
+                    _log_export_artifact(logger, export_dir, task.name, metrics)
+                logger.experiment.save(str(out_dir / runs.SUMMARY_FILE), base_path=str(out_dir), policy="now")
         log.info("summary: %s", json.dumps({"metrics": metrics, "run_dir": str(out_dir)}))
-    monitor = cfg.task.get("monitor")
-    return metrics.get(monitor) if monitor else None
+    return metrics.get(monitor)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bertlab import runs
 from bertlab.cli.sweep import write_sweep_summary
 from bertlab.errors import BertlabError
 
@@ -109,10 +109,9 @@ def plot_entities(per_type: dict[str, dict[str, float]], out: Path) -> Path:
 
 
 def report_run(run_dir: Path) -> Path:
-    summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
+    if not runs.is_run_dir(run_dir):
         raise BertlabError(f"{run_dir}: no summary.json (not a finished bertlab run)")
-    summary = json.loads(summary_file.read_text())
+    summary = runs.read_summary(run_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     lines = [f"# {summary.get('task', 'run')} run: {run_dir.name}", ""]
@@ -161,8 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         if (path / "summary.json").is_file():
             written = report_run(path)
         elif (path / "multirun.yaml").is_file() or any((p / ".hydra").is_dir() for p in path.iterdir()):
-            monitor, mode = _sweep_monitor(path)
-            write_sweep_summary(path, monitor, mode)
+            write_sweep_summary(path)
             written = path / "sweep_summary.md"
         else:
             raise BertlabError(f"{path}: neither a run directory (summary.json) nor a sweep directory")
@@ -170,17 +168,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     print(written)
-
-
-def _sweep_monitor(sweep_dir: Path) -> tuple[str, str]:
-    import yaml
-
-    for job in sorted(sweep_dir.iterdir()):
-        cfg_file = job / ".hydra" / "config.yaml"
-        if cfg_file.is_file():
-            task = (yaml.safe_load(cfg_file.read_text()) or {}).get("task", {})
-            return str(task.get("monitor", "val/loss")), str(task.get("monitor_mode", "min"))
-    return "val/loss", "min"
 
 
 if __name__ == "__main__":

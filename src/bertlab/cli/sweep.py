@@ -9,7 +9,6 @@ directory. A job that failed is listed as failed, with its error.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from bertlab import runs
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
@@ -29,9 +30,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     for job in _job_dirs(sweep_dir):
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-        summary_file = job / "summary.json"
-        if summary_file.exists():
-            summary = json.loads(summary_file.read_text())
+        if runs.is_run_dir(job):
+            summary = runs.read_summary(job)
         else:
             summary = {"status": "failed", "error": "no summary.json (the job was killed or crashed)"}
         rows.append(
@@ -41,6 +41,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
                 "status": summary.get("status", "unknown"),
                 "error": summary.get("error", ""),
                 "metrics": summary.get("metrics", {}),
+                "monitor": summary.get("monitor"),
+                "monitor_mode": summary.get("monitor_mode"),
                 "dir": str(job),
             }
         )
@@ -54,10 +56,15 @@ def _score(row: dict[str, Any], monitor: str, mode: str) -> float:
     return -value if mode == "max" else value
 
 
-def write_sweep_summary(sweep_dir: str | Path, monitor: str, mode: str = "min") -> list[dict[str, Any]]:
-    """Write the three summary files; returns the rows, best first."""
+def write_sweep_summary(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Write the three summary files; returns the rows, best first by the metric the jobs monitored
+    (each job's summary.json names it)."""
     sweep_dir = Path(sweep_dir)
-    rows = sorted(collect_jobs(sweep_dir), key=lambda r: _score(r, monitor, mode))
+    jobs = collect_jobs(sweep_dir)
+    monitored = [r for r in jobs if r["monitor"]]
+    monitor = monitored[0]["monitor"] if monitored else "val/loss"
+    mode = monitored[0]["monitor_mode"] if monitored else "min"
+    rows = sorted(jobs, key=lambda r: _score(r, monitor, mode))
     # Show what differs between jobs; what all share is said once.
     split = [r["overrides"].split() for r in rows]
     common = [o for o in split[0] if all(o in s for s in split)] if split else []
@@ -139,5 +146,5 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.exists():
-            rows = write_sweep_summary(sweep_dir, str(config.task.monitor), str(config.task.monitor_mode))
+            rows = write_sweep_summary(sweep_dir)
             print(f"sweep summary: {sweep_dir / 'sweep_summary.md'} ({len(rows)} jobs)")

@@ -27,7 +27,9 @@ from bertlab.errors import BertlabError
 
 log = logging.getLogger("bertlab")
 
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+# The configs ship inside the package (bertlab/conf is the repository's conf/), so an installed
+# bertlab finds them; users add their own with --config-dir (docs/experiments.md).
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def _root() -> str:
@@ -108,7 +110,7 @@ def task_wrapper(cfg: DictConfig) -> float | None:
     if _STDERR is not None:
         _STDERR.release()
     try:
-        from bertlab.cli.run import run
+        from bertlab.job import run
 
         return run(cfg)
     except BertlabError as e:
@@ -128,7 +130,7 @@ def task_wrapper(cfg: DictConfig) -> float | None:
         )
     finally:
         _close_loggers()
-        from bertlab.cli.distributed import end_of_job
+        from bertlab.training.distributed import end_of_job
 
         end_of_job()  # a DDP job's processes are done before the next job of a sweep starts
 

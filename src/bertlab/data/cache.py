@@ -11,11 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +31,6 @@ def cache_key(settings: dict[str, Any], files: Sequence[str | Path] = ()) -> str
     payload = {"settings": settings, "files": [file_identity(f) for f in files]}
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def directory_digest(path: str | Path, names: Sequence[str]) -> str:
-    """Hash of the named files of a directory (those present), e.g. a tokenizer's vocabulary."""
-    h = hashlib.sha256()
-    for name in names:
-        f = Path(path) / name
-        if f.is_file():
-            h.update(name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def local_rank() -> int:
@@ -91,33 +77,3 @@ def same_on_every_rank(value: str, what: str) -> None:
             f"{what} differs between ranks ({held}): give every node the same tokenizer.path, or "
             "put paths.cache_dir on a file system all nodes share"
         )
-
-
-@contextmanager
-def atomic_directory(final: str | Path, keep_existing: bool = False) -> Iterator[Path]:
-    """Build a directory under a temporary name beside ``final`` and rename it into place.
-
-    If the body raises, the temporary directory is removed and ``final`` is left untouched: a reader
-    never sees a half-written directory. ``keep_existing``: when another process has put ``final``
-    in place meanwhile (a content-keyed cache, so the same content), keep that one and drop ours,
-    so a process already reading it is not disturbed.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if final.exists() and keep_existing:
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif final.exists():
-            # Another process finished first, or we are replacing an old copy: swap it out.
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -60,6 +60,8 @@ def read_conll(
 ) -> list[Sentence]:
     """All sentences of a CoNLL file, in order. See the module docstring for the format."""
     path = Path(path)
+    if delimiter == "\\t":  # data.delimiter='\t' typed on a command line arrives as backslash-t
+        delimiter = "\t"
     if delimiter not in (None, "\t"):
         raise BertlabError(f"delimiter must be None (spaces and tabs) or a tab, got {delimiter!r}")
     text = _decode(path)

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from bertlab.constants import IGNORE_INDEX
 from bertlab.data.tokenizer import special_token_ids
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)

@@ -28,17 +28,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bertlab.constants import IGNORE_INDEX
 from bertlab.data.conll import Sentence, read_conll
-from bertlab.data.sampler import ResumableDataLoader, ResumableSampler
+from bertlab.data.sampler import FixedBatchSampler, LengthGroupedSampler, ResumableDataLoader, rank_world
 from bertlab.data.tokenizer import load_tokenizer, special_token_ids
-from bertlab.encoder.heads import IGNORE_INDEX
 from bertlab.errors import BertlabError
 from bertlab.tagging import canonical_scheme, check_tag
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "LengthGroupedSampler",
     "NerCollator",
     "NerDataModule",
     "Window",
@@ -211,48 +210,6 @@ class NerCollator:
             "sentence_index": torch.tensor([w.sentence_index for w in windows], dtype=torch.long),
             "sentence_num_words": torch.tensor([w.num_words for w in windows], dtype=torch.long),
         }
-
-
-class LengthGroupedSampler(ResumableSampler):
-    """A :class:`ResumableSampler` whose epoch order puts windows of similar length together.
-
-    The seeded permutation is cut into chunks of ``chunk_batches`` global batches; each chunk is
-    sorted by length and its batches are shuffled (seeded), so padding is small and the order
-    stays random and a function of ``(seed, epoch)`` -- hence resumable.
-    """
-
-    def __init__(
-        self,
-        lengths: Sequence[int],
-        batch_size: int,
-        seed: int,
-        shuffle: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
-        chunk_batches: int = 50,
-    ) -> None:
-        super().__init__(len(lengths), seed=seed, shuffle=shuffle, rank=rank, world_size=world_size)
-        self.lengths = np.asarray(lengths)
-        self.batch_size = batch_size
-        self.chunk_batches = chunk_batches
-
-    def _order(self) -> np.ndarray:
-        if not self.shuffle:
-            return super()._order()
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.num_samples)
-        group = self.batch_size * self.world_size
-        chunk = group * self.chunk_batches
-        pieces = []
-        for c in range(0, len(order), chunk):
-            part = order[c : c + chunk]
-            part = part[np.argsort(-self.lengths[part], kind="stable")]
-            batches = [part[i : i + group] for i in range(0, len(part), group)]
-            for i in rng.permutation(len(batches)):
-                pieces.append(batches[i])
-        order = np.concatenate(pieces) if pieces else order
-        usable = self.num_samples - self.num_samples % self.world_size
-        return order[:usable][self.rank :: self.world_size]
 
 
 class NerDataModule(L.LightningDataModule):
@@ -433,15 +390,9 @@ class NerDataModule(L.LightningDataModule):
             self._pad_id = special_token_ids(load_tokenizer(self.tokenizer_dir))["pad"]
         return NerCollator(self._pad_id)
 
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
-
     def train_dataloader(self) -> ResumableDataLoader:
         windows = self.windows("train")
-        rank, world = self._rank_world()
+        rank, world = rank_world(self.trainer)
         sampler = LengthGroupedSampler(
             [len(w) for w in windows], self.batch_size, seed=self.seed, rank=rank, world_size=world
         )
@@ -455,17 +406,10 @@ class NerDataModule(L.LightningDataModule):
             drop_last=False,
         )
 
-    def eval_batches(self, split: str) -> list[list[int]]:
-        """Window indices of each evaluation batch: sorted by length, longest first."""
-        windows = self.windows(split)
-        order = sorted(range(len(windows)), key=lambda i: (-len(windows[i]), i))
-        size = self.eval_batch_size
-        return [order[i : i + size] for i in range(0, len(order), size)]
-
     def _eval_loader(self, split: str) -> DataLoader:
         return DataLoader(
             WindowDataset(self.windows(split)),
-            batch_sampler=self.eval_batches(split),
+            batch_sampler=FixedBatchSampler([len(w) for w in self.windows(split)], self.eval_batch_size),
             collate_fn=self._collator(),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

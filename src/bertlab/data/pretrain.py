@@ -25,32 +25,26 @@ import numpy as np
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from bertlab.data.cache import (
-    atomic_directory,
-    cache_key,
-    directory_digest,
-    local_rank,
-    same_on_every_rank,
-    wait_for_ready,
-)
+from bertlab.data.cache import cache_key, local_rank, same_on_every_rank, wait_for_ready
 from bertlab.data.corpus import Document, check_corpus, iter_documents, iter_hub_documents
 from bertlab.data.default_corpus import write_default_corpus
 from bertlab.data.masking import MaskingConfig, PretrainingCollator
 from bertlab.data.nsp import create_instances_from_document, document_rng
-from bertlab.data.sampler import ResumableDataLoader, ResumableSampler
+from bertlab.data.sampler import ResumableDataLoader, ResumableSampler, rank_world
 from bertlab.data.sentences import split_sentences
 from bertlab.data.tokenizer import (
+    TOKENIZER_FILES,
     load_tokenizer,
     special_token_ids,
     train_wordpiece,
     word_continuation_flags,
 )
 from bertlab.errors import BertlabError
+from bertlab.io import atomic_directory, directory_digest, read_json
 
 log = logging.getLogger(__name__)
 
 SOURCES = ("generated", "text_files", "hub")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 # Documents per datasets.map batch. Each batch becomes one Arrow record batch of the output, and a
 # memory-mapped table keeps native bookkeeping per record batch: with batches of 16 documents a
 # 3.4M-document corpus held ~500 MB of it at the end of the map, enough to break a 1 GiB cap.
@@ -101,13 +95,13 @@ def _tokenize_lines(
     return {"segments": segments, "word_cont": word_cont} if whole_words else {"segments": segments}
 
 
-def _keep_rows(batch: dict[str, list], indices: list[int], keep: np.ndarray) -> dict[str, list]:
+def keep_rows(batch: dict[str, list], indices: list[int], keep: np.ndarray) -> dict[str, list]:
     """The rows of a map batch whose document index is marked in ``keep``, in corpus order."""
     rows = keep[indices]
     return {name: [value for value, kept in zip(column, rows) if kept] for name, column in batch.items()}
 
 
-def _build_instances(
+def build_instances(
     batch: dict[str, list],
     indices: list[int],
     docs: datasets.Dataset,
@@ -413,7 +407,7 @@ class PretrainDataModule(L.LightningDataModule):
             # document at its peak (scripts/map_memory_probe.py --split); the mask is 1 byte.
             splits = {
                 name: tokenized.map(
-                    _keep_rows,
+                    keep_rows,
                     batched=True,
                     batch_size=MAP_BATCH_DOCS,
                     with_indices=True,
@@ -427,7 +421,7 @@ class PretrainDataModule(L.LightningDataModule):
             stats: dict[str, Any] = {"documents": num_docs, "vocab_size": tokenizer.get_vocab_size()}
             for name, split_docs in splits.items():
                 instances = split_docs.map(
-                    _build_instances,
+                    build_instances,
                     batched=True,
                     batch_size=MAP_BATCH_DOCS,
                     with_indices=True,
@@ -487,7 +481,7 @@ class PretrainDataModule(L.LightningDataModule):
         self.val_set = InstanceDataset(datasets.load_from_disk(str(out / "validation")))
 
     def stats(self) -> dict[str, Any]:
-        return json.loads((self.data_dir() / "stats.json").read_text())
+        return read_json(self.data_dir() / "stats.json")
 
     # ----------------------------------------------------------------------- loaders
 
@@ -505,15 +499,9 @@ class PretrainDataModule(L.LightningDataModule):
             pad_to_multiple_of=self.pad_to_multiple_of,
         )
 
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1
-        return trainer.global_rank, trainer.world_size
-
     def train_dataloader(self) -> ResumableDataLoader:
         assert self.train_set is not None, "call setup() first"
-        rank, world = self._rank_world()
+        rank, world = rank_world(self.trainer)
         # Micro-batch blocks: the same batches per optimizer step on any number of processes.
         sampler = ResumableSampler(
             len(self.train_set),
@@ -536,7 +524,7 @@ class PretrainDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"
-        rank, world = self._rank_world()
+        rank, world = rank_world(self.trainer)
         # Every instance exactly once over all ranks (shares may differ by one; the metrics sum
         # over ranks), so validation gives the same figures on any number of processes.
         shard = range(rank, len(self.val_set), world)

@@ -100,6 +100,48 @@ class ResumableSampler(EpochPosition, Sampler[int]):
             yield int(index)
 
 
+class LengthGroupedSampler(ResumableSampler):
+    """A :class:`ResumableSampler` whose epoch order puts windows of similar length together.
+
+    The seeded permutation is cut into chunks of ``chunk_batches`` global batches; each chunk is
+    sorted by length and its batches are shuffled (seeded), so padding is small and the order
+    stays random and a function of ``(seed, epoch)`` -- hence resumable.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        chunk_batches: int = 50,
+    ) -> None:
+        super().__init__(len(lengths), seed=seed, shuffle=shuffle, rank=rank, world_size=world_size)
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.chunk_batches = chunk_batches
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return super()._order()
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.num_samples)
+        group = self.batch_size * self.world_size
+        chunk = group * self.chunk_batches
+        pieces = []
+        for c in range(0, len(order), chunk):
+            part = order[c : c + chunk]
+            part = part[np.argsort(-self.lengths[part], kind="stable")]
+            batches = [part[i : i + group] for i in range(0, len(part), group)]
+            for i in rng.permutation(len(batches)):
+                pieces.append(batches[i])
+        order = np.concatenate(pieces) if pieces else order
+        usable = self.num_samples - self.num_samples % self.world_size
+        return order[:usable][self.rank :: self.world_size]
+
+
 class ResumableDataLoader(DataLoader):
     """A DataLoader whose position in the epoch is part of Lightning's checkpoint.
 
@@ -109,8 +151,7 @@ class ResumableDataLoader(DataLoader):
     callback), else batches handed out. Neither the sampler's own counter (worker processes make
     it run ahead) nor batches handed out (Lightning fetches one batch ahead) would be exact.
 
-    It works with a :class:`ResumableSampler` (``batch_size=`` given; its position is in samples)
-    or with a batch sampler that has the same ``epoch``/``consumed``/``seed`` state in batches.
+    It takes a :class:`ResumableSampler` and a ``batch_size`` (the sampler's position is in samples).
 
     The saved ``consumed`` counts over all ranks (this rank's position times ``world_size``): a
     checkpoint written by N processes resumes on M, as long as the position divides evenly (it
@@ -122,10 +163,7 @@ class ResumableDataLoader(DataLoader):
         # move torch's global random state (dropout's) differently in a resumed run.
         kwargs.setdefault("generator", torch.Generator().manual_seed(0))
         super().__init__(*args, **kwargs)
-        if self.batch_size is None:  # a batch sampler of our own: positions in batches
-            self._source, self._unit = self.batch_sampler, 1
-        else:
-            self._source, self._unit = self.batch_sampler.sampler, self.batch_size
+        self._source, self._unit = self.batch_sampler.sampler, self.batch_size
         for attr in ("epoch", "consumed", "seed", "load_state_dict"):
             if not hasattr(self._source, attr):
                 raise TypeError(f"ResumableDataLoader needs a resumable sampler (no {attr!r})")
@@ -188,6 +226,25 @@ class ResumableDataLoader(DataLoader):
         self._restored = dict(state)
 
 
-def seed_worker(worker_id: int) -> None:
-    """Workers draw no randomness of their own (masking is seeded per sequence); keep torch quiet."""
-    torch.manual_seed(torch.initial_seed() % 2**32)
+class FixedBatchSampler(Sampler[list[int]]):
+    """The same batches every time: rows sorted by length (longest first) when ``by_length``, else in
+    file order. For evaluation and prediction, where order does not matter (rows carry ``index``)."""
+
+    def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, by_length: bool = True) -> None:
+        lengths = np.asarray(lengths, dtype=np.int64)
+        order = np.argsort(-lengths, kind="stable") if by_length else np.arange(len(lengths))
+        self.batch_size = batch_size
+        self.batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+
+def rank_world(trainer: Any) -> tuple[int, int]:
+    """``(global rank, world size)`` of a LightningDataModule's trainer; ``(0, 1)`` outside one."""
+    if trainer is None:
+        return 0, 1
+    return trainer.global_rank, trainer.world_size

@@ -11,8 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,13 +19,14 @@ import tokenizers
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import WordPiece
 
+from bertlab.data.words import is_cjk_char
 from bertlab.errors import BertlabError
+from bertlab.io import atomic_directory, read_json
 
 __all__ = [
     "SPECIAL_TOKENS",
     "TOKENIZER_FILES",
     "load_tokenizer",
-    "is_cjk_char",
     "special_token_ids",
     "train_wordpiece",
     "word_continuation_flags",
@@ -100,22 +99,6 @@ def _save_tokenizer_dir(
             **specials,
         },
     )
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp`` into place as ``out_dir``, replacing an old tokenizer there."""
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    old.rmdir()
-    os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        os.replace(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _canonical_order(tok: Tokenizer, lowercase: bool, strip: bool, handle_chinese_chars: bool) -> Tokenizer:
@@ -209,32 +192,13 @@ def train_wordpiece(
     tok = _canonical_order(tok, lowercase, strip, handle_chinese_chars)
     _set_post_processor(tok)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         _save_tokenizer_dir(tok, tmp, lowercase, strip, handle_chinese_chars, model_max_length)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise BertlabError(f"{path}: not valid UTF-8") from None
-    except OSError as exc:
-        raise BertlabError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BertlabError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-
-
 def _from_json_file(path: Path) -> Tokenizer:
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict) or "model" not in data:
         raise BertlabError(f"{path}: not a tokenizers tokenizer.json (no 'model' field)")
     try:
@@ -291,7 +255,7 @@ def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
             where = path / "vocab.txt"
             config: dict[str, Any] = {}
             if (path / "tokenizer_config.json").is_file():
-                loaded = _read_json(path / "tokenizer_config.json")
+                loaded = read_json(path / "tokenizer_config.json")
                 if not isinstance(loaded, dict):
                     raise BertlabError(f"{path / 'tokenizer_config.json'}: expected a JSON object")
                 config = loaded
@@ -347,26 +311,6 @@ def wordpiece_cache_key(corpus_paths: Sequence[str | os.PathLike[str]], settings
 
 
 # ------------------------------------------------------------------------- whole words
-
-# The code-point blocks BERT treats as Chinese characters (one token each): CJK Unified Ideographs
-# and its extensions A-F, and the compatibility ideographs. Kana and Hangul are not among them.
-_CJK_RANGES = (
-    (0x4E00, 0x9FFF),
-    (0x3400, 0x4DBF),
-    (0x20000, 0x2A6DF),
-    (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F),
-    (0x2B820, 0x2CEAF),
-    (0xF900, 0xFAFF),
-    (0x2F800, 0x2FA1F),
-)
-
-
-def is_cjk_char(char: str) -> bool:
-    """Is ``char`` a CJK ideograph (Traditional or Simplified), as BERT's ``_is_chinese_char`` says?"""
-    cp = ord(char)
-    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
-
 
 _jieba: Any = None
 

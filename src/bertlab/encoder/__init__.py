@@ -1,4 +1,5 @@
-"""The shared BERT encoder, its task heads and the mapping to/from transformers' weight names.
+"""The shared BERT encoder, its task heads, one model per task, and the mapping to/from transformers'
+weight names.
 
 Plain torch only: importing this package never imports Lightning, Hydra or datasets.
 """
@@ -12,8 +13,6 @@ from bertlab.encoder.bert import (
     init_bert_weights,
 )
 from bertlab.encoder.heads import (
-    IGNORE_INDEX,
-    BertForPretraining,
     MaskedLMHead,
     NextSentenceHead,
     SequenceClassificationHead,
@@ -26,13 +25,19 @@ from bertlab.encoder.hf_mapping import (
     pretraining_from_hf,
     pretraining_heads_to_hf,
 )
+from bertlab.encoder.models import (
+    BertForPretraining,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+)
 
 __all__ = [
-    "IGNORE_INDEX",
     "BertConfig",
     "BertEmbeddings",
     "BertEncoder",
     "BertForPretraining",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
     "MaskedLMHead",
     "NextSentenceHead",
     "SelfAttention",

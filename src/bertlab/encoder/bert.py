@@ -346,9 +346,6 @@ class BertEncoder(nn.Module):
         keep = selected[with_cls]  # drop the [CLS] rows that were not asked for
         return out[keep], pooled
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
 
 __all__ = [
     "BertConfig",

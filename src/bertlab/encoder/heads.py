@@ -10,10 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertlab.encoder.bert import BertConfig, BertEncoder, init_bert_weights
+from bertlab.encoder.bert import init_bert_weights
 from bertlab.errors import BertlabError
-
-IGNORE_INDEX = -100  # label value of positions that are not predicted (cross_entropy's default)
 
 
 class MaskedLMHead(nn.Module):
@@ -70,66 +68,6 @@ class NextSentenceHead(nn.Module):
 
     def forward(self, pooled_output: Tensor) -> Tensor:
         return self.classifier(pooled_output)
-
-
-class BertForPretraining(nn.Module):
-    """Encoder + MLM head (tied decoder) + NSP head."""
-
-    def __init__(self, config: BertConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.encoder = BertEncoder(config)
-        self.mlm_head = MaskedLMHead(
-            config.hidden_size,
-            config.vocab_size,
-            self.encoder.embeddings.word_embeddings,
-            config.layer_norm_eps,
-        )
-        self.nsp_head = NextSentenceHead(config.hidden_size)
-        self.mlm_head.apply(self._init_weights)
-        self.nsp_head.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        init_bert_weights(module, self.config.initializer_range)
-
-    def init_weights(self) -> None:
-        self.encoder.init_weights()
-        self.mlm_head.apply(self._init_weights)
-        self.nsp_head.apply(self._init_weights)
-        nn.init.zeros_(self.mlm_head.bias)
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None,
-        token_type_ids: Tensor | None,
-        mlm_labels: Tensor,
-        return_sequence_output: bool = False,
-    ) -> dict[str, Tensor]:
-        """Returns mlm_logits [N, V] and mlm_targets [N] for the N positions where mlm_labels != -100
-        (row-major order), nsp_logits [B, 2], pooled_output [B, H]; and sequence_output [B, T, H] only
-        with ``return_sequence_output=True``.
-
-        The losses need the last layer's states at the masked positions and [CLS] only: by default the
-        encoder computes just those (:meth:`BertEncoder.forward_selected`), and the vocabulary projection
-        runs on the masked positions alone (~15% of the [B*T, V] logits)."""
-        predicted = mlm_labels != IGNORE_INDEX
-        if return_sequence_output:
-            sequence_output, pooled_output = self.encoder(input_ids, attention_mask, token_type_ids)
-            masked_states = sequence_output[predicted]
-        else:
-            masked_states, pooled_output = self.encoder.forward_selected(
-                input_ids, attention_mask, token_type_ids, predicted
-            )
-        out = {
-            "mlm_logits": self.mlm_head(masked_states),
-            "mlm_targets": mlm_labels[predicted],
-            "nsp_logits": self.nsp_head(pooled_output),
-            "pooled_output": pooled_output,
-        }
-        if return_sequence_output:
-            out["sequence_output"] = sequence_output
-        return out
 
 
 def pretraining_loss(outputs: dict[str, Tensor], nsp_labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -202,8 +140,6 @@ class TokenClassificationHead(nn.Module):
 
 
 __all__ = [
-    "IGNORE_INDEX",
-    "BertForPretraining",
     "MaskedLMHead",
     "NextSentenceHead",
     "SequenceClassificationHead",

@@ -253,17 +253,12 @@ def pretraining_heads_to_hf(state: dict[str, Tensor], config: BertConfig | None 
     return out
 
 
-def pretraining_from_hf(
-    hf_state: dict[str, Tensor], config: BertConfig
-) -> tuple[dict[str, Tensor], list[str]]:
-    """The inverse of :func:`pretraining_heads_to_hf`: (state for ``BertForPretraining``, missing_optional).
+def pretraining_heads_from_hf(hf_state: dict[str, Tensor], config: BertConfig) -> dict[str, Tensor]:
+    """The MLM and NSP heads of a transformers ``BertForPreTraining`` state (its ``cls.*`` keys) as
+    ``BertForPretraining`` keys (``mlm_head.*``, ``nsp_head.*``).
 
     The heads are required (``cls.predictions.bias`` may come as ``cls.predictions.decoder.bias``); the
-    decoder weight is ignored (it is tied to the word embeddings); the pooler is optional as in
-    :func:`encoder_from_hf`, with its keys returned as ``encoder.pooler.*`` in ``missing_optional``.
-    """
-    encoder_state, missing_optional = encoder_from_hf(hf_state, config)
-    out = {f"encoder.{k}": v for k, v in encoder_state.items()}
+    decoder weight is ignored (it is tied to the word embeddings)."""
     heads = {
         (re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k)) if ".LayerNorm." in k else k): v
         for k, v in hf_state.items()
@@ -284,10 +279,31 @@ def pretraining_from_hf(
     missing = [k for k in shapes if k not in heads]
     if missing:
         raise _missing_error(missing)
+    out = {}
     for ours, hf_key in _MLM_NAMES.items():
         _check_shape(hf_key, heads[hf_key], shapes[hf_key])
         out[ours] = _fresh(heads[hf_key])
+    return out
+
+
+def pretraining_from_hf(
+    hf_state: dict[str, Tensor], config: BertConfig
+) -> tuple[dict[str, Tensor], list[str]]:
+    """The inverse of :func:`pretraining_heads_to_hf`: (state for ``BertForPretraining``, missing_optional).
+
+    The pooler is optional as in :func:`encoder_from_hf`, with its keys returned as
+    ``encoder.pooler.*`` in ``missing_optional``; the heads as :func:`pretraining_heads_from_hf`.
+    """
+    encoder_state, missing_optional = encoder_from_hf(hf_state, config)
+    out = {f"encoder.{k}": v for k, v in encoder_state.items()}
+    out.update(pretraining_heads_from_hf(hf_state, config))
     return out, [f"encoder.{k}" for k in missing_optional]
 
 
-__all__ = ["encoder_from_hf", "encoder_to_hf", "pretraining_from_hf", "pretraining_heads_to_hf"]
+__all__ = [
+    "encoder_from_hf",
+    "encoder_to_hf",
+    "pretraining_from_hf",
+    "pretraining_heads_from_hf",
+    "pretraining_heads_to_hf",
+]

@@ -1,100 +1,53 @@
-"""Export to the HuggingFace format: ``config.json`` + ``model.safetensors`` + tokenizer files.
+"""Writing a HuggingFace-format directory: ``config.json`` + ``model.safetensors`` + tokenizer files.
 
 The directory is built under a temporary name and renamed into place, so an interrupted export
-never leaves a half-written ``export/``.
+never leaves a half-written ``export/``. Which transformers class the weights are for, and what else
+a layout needs (sentence-transformers' module folders, a CRF's transitions), is the task's
+business: it passes the state, the config and a function that adds the rest.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import save_file
-from torch import nn
 
-from bertlab.data.cache import atomic_directory
-from bertlab.encoder import BertEncoder, BertForPretraining, encoder_to_hf, pretraining_heads_to_hf
+from bertlab.io import atomic_directory
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+__all__ = ["save_safetensors", "write_hf_dir"]
 
 
-def copy_tokenizer(tokenizer_dir: str | Path, out_dir: str | Path) -> None:
-    for name in TOKENIZER_FILES:
-        src = Path(tokenizer_dir) / name
-        if src.is_file():
-            shutil.copyfile(src, Path(out_dir) / name)
+def save_safetensors(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """``state`` as a safetensors file (contiguous CPU copies: shared or strided tensors are refused)."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    save_file(tensors, str(path), metadata={"format": "pt"})
 
 
-def _write_hf_dir(
+def write_hf_dir(
     out_dir: str | Path,
-    hf_state: dict[str, Any],
-    hf_config: dict[str, Any],
-    tokenizer_dir: str | Path,
-    metadata: dict[str, Any] | None,
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    files: Sequence[Path] = (),
+    metadata: dict[str, Any] | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Weights, config (with ``metadata`` under ``bertlab``) and tokenizer files, built in a
-    temporary directory and renamed into place."""
+    """Write weights, ``config.json`` (with ``metadata`` under the key ``bertlab``) and copies of
+    ``files`` (the tokenizer's) into ``out_dir``, atomically. ``extra(tmp_dir)`` writes whatever
+    else the layout holds before the directory is renamed into place."""
     out_dir = Path(out_dir)
+    config = dict(config)
     if metadata:
-        hf_config["bertlab"] = metadata
+        config["bertlab"] = metadata
     with atomic_directory(out_dir) as tmp:
-        save_file(hf_state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
-        copy_tokenizer(tokenizer_dir, tmp)
+        save_safetensors(state, tmp / "model.safetensors")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        for src in files:
+            shutil.copyfile(src, tmp / Path(src).name)
+        if extra is not None:
+            extra(tmp)
     return out_dir
-
-
-def export_pretraining(
-    model: BertForPretraining,
-    tokenizer_dir: str | Path,
-    out_dir: str | Path,
-    metadata: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``model`` so that ``transformers.BertForPreTraining.from_pretrained(out_dir)`` loads it
-    with no missing weights. ``metadata`` (e.g. the run's metrics) goes into ``config.json`` under
-    the key ``bertlab``."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    hf_state = pretraining_heads_to_hf(state, model.config)
-    config = model.config.to_hf_dict()
-    config["architectures"] = ["BertForPreTraining"]
-    config["tie_word_embeddings"] = True
-    return _write_hf_dir(out_dir, hf_state, config, tokenizer_dir, metadata)
-
-
-HF_PROBLEM_TYPES = {
-    "single_label": "single_label_classification",
-    "multi_label": "multi_label_classification",
-    "regression": "regression",
-}
-
-
-def export_classifier(
-    encoder: BertEncoder,
-    classifier: nn.Linear,
-    label_names: list[str],
-    tokenizer_dir: str | Path,
-    out_dir: str | Path,
-    token_level: bool,
-    problem_type: str = "single_label",
-    metadata: dict[str, Any] | None = None,
-) -> Path:
-    """Write a fine-tuned model as ``BertForSequenceClassification`` (or, with ``token_level``,
-    ``BertForTokenClassification``, which has no pooler) with ``id2label``/``label2id``."""
-    config = encoder.config
-    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
-    hf_state = encoder_to_hf(state, config, prefix="bert.")
-    if token_level:  # BertForTokenClassification has no pooler
-        hf_state = {k: v for k, v in hf_state.items() if not k.startswith("bert.pooler.")}
-    hf_state["classifier.weight"] = classifier.weight.detach().cpu().contiguous().clone()
-    hf_state["classifier.bias"] = classifier.bias.detach().cpu().contiguous().clone()
-    hf_config = config.to_hf_dict()
-    hf_config["architectures"] = [
-        "BertForTokenClassification" if token_level else "BertForSequenceClassification"
-    ]
-    hf_config["id2label"] = {str(i): name for i, name in enumerate(label_names)}
-    hf_config["label2id"] = {name: i for i, name in enumerate(label_names)}
-    if not token_level:
-        hf_config["problem_type"] = HF_PROBLEM_TYPES[problem_type]
-    return _write_hf_dir(out_dir, hf_state, hf_config, tokenizer_dir, metadata)

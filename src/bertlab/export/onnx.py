@@ -1,17 +1,19 @@
 """Export to ONNX beside the HF files, checked by onnxruntime before anything is written.
 
-The graph takes ``input_ids``, ``attention_mask`` and ``token_type_ids`` (int64, ``[batch, seq]``,
-both axes dynamic) and returns ``logits`` (classification ``[batch, labels]``, NER
-``[batch, seq, labels]``), or for pretraining ``mlm_logits`` ``[batch, seq, vocab]`` (every position)
-and ``nsp_logits`` ``[batch, 2]``. It is exported with torch's dynamo exporter (``torch.export``
-then onnxscript), which keeps the padding mask of ``scaled_dot_product_attention`` exact.
+The graph is a task's plain-torch model (:mod:`bertlab.encoder.models`) as it is: it takes
+``input_ids``, ``attention_mask`` and ``token_type_ids`` (int64, ``[batch, seq]``, both axes dynamic)
+and returns the outputs its task names (``logits`` for classification and NER; ``mlm_logits`` at
+every position and ``nsp_logits`` for pretraining). It is exported with torch's dynamo exporter
+(``torch.export`` then onnxscript), which keeps the padding mask of ``scaled_dot_product_attention``
+exact. This module knows no task and reads no data: the task encodes the check batches.
 
-The export is checked, not trusted: texts encoded by the saved tokenizer (several lengths, a sentence
-pair, padded into one batch, and a single unpadded sentence as a second batch shape) go through
-onnxruntime and through PyTorch, and every output must agree to ``atol``. Only then are the file and
-``onnx.json`` (opset, versions, the check's figures) renamed into place; on any failure nothing is
-left behind. ``quantize="int8"`` also writes ``model.int8.onnx`` (onnxruntime's dynamic
-quantization), checked by how often its argmax agrees with PyTorch's.
+The export is checked, not trusted: batches the task encoded from real texts with the saved
+tokenizer (several lengths padded into one batch, a sentence pair, and a single unpadded text as a
+second batch shape) go through onnxruntime and through PyTorch, and every output must agree to
+``atol``. Only then are the file and ``onnx.json`` (opset, versions, the check's figures) renamed
+into place; on any failure nothing is left behind. ``quantize="int8"`` also writes
+``model.int8.onnx`` (onnxruntime's dynamic quantization), checked by how often its argmax agrees
+with PyTorch's.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import json
 import logging
 import os
 import time
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,15 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bertlab.data.labelled import ClassifyCollator, encode_pairs
-from bertlab.data.tokenizer import load_tokenizer, special_token_ids
-from bertlab.encoder import (
-    BertEncoder,
-    BertForPretraining,
-    SequenceClassificationHead,
-    TokenClassificationHead,
-)
 from bertlab.errors import BertlabError
+from bertlab.io import read_json, temporary_name
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -51,7 +45,8 @@ FP32_ATOL = 1e-4
 INT8_MIN_AGREEMENT = 0.9
 QUANTIZE_CHOICES = ("int8",)
 
-# Check inputs: different lengths (padding inside the batch), a pair (token type 1), CJK characters.
+# Texts for the check when the caller gives none: different lengths (padding inside the batch), a
+# pair (token type 1), CJK characters.
 CHECK_TEXTS = (
     "the film was good",
     "An unexpectedly moving story, told with great care and a fine cast; the ending, though, drags "
@@ -64,63 +59,22 @@ CHECK_TEXTS = (
 )
 
 
-class SequenceClassifierGraph(nn.Module):
-    """Encoder + sequence classification head -> ``logits`` [B, labels]."""
+class OnnxGraph(nn.Module):
+    """A task model as an export graph: the three inputs in, the named outputs out.
 
-    def __init__(self, encoder: BertEncoder, head: SequenceClassificationHead) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = head
+    The model's own forward runs unchanged; from a model that returns a dict (pretraining) the named
+    entries are picked out, in order."""
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
-        sequence_output, pooled_output = self.encoder(input_ids, attention_mask, token_type_ids)
-        return self.head(sequence_output, pooled_output, attention_mask)
-
-
-class TokenClassifierGraph(nn.Module):
-    """Encoder + token classification head -> ``logits`` [B, T, labels]."""
-
-    def __init__(self, encoder: BertEncoder, head: TokenClassificationHead) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = head
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Tensor:
-        sequence_output, _ = self.encoder(input_ids, attention_mask, token_type_ids)
-        return self.head(sequence_output)
-
-
-class PretrainingGraph(nn.Module):
-    """MLM logits at every position [B, T, V] and NSP logits [B, 2]."""
-
-    def __init__(self, model: BertForPretraining) -> None:
+    def __init__(self, model: nn.Module, output_names: Sequence[str]) -> None:
         super().__init__()
         self.model = model
+        self.output_names = tuple(output_names)
 
-    def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        sequence_output, pooled_output = self.model.encoder(input_ids, attention_mask, token_type_ids)
-        return self.model.mlm_head(sequence_output), self.model.nsp_head(pooled_output)
-
-
-def output_names(graph: nn.Module) -> tuple[str, ...]:
-    return ("mlm_logits", "nsp_logits") if isinstance(graph, PretrainingGraph) else ("logits",)
-
-
-def encode_texts(
-    tokenizer_dir: str | Path, texts: Sequence[str], max_seq_length: int
-) -> dict[str, np.ndarray]:
-    """``texts`` (``a<TAB>b`` for a pair) encoded as bertlab-predict does, padded into one batch."""
-    tokenizer = load_tokenizer(tokenizer_dir)
-    ids = special_token_ids(tokenizer)
-    rows = []
-    for i, text in enumerate(texts):
-        a, tab, b = text.partition("\t")
-        enc = encode_pairs(tokenizer, [a], [b] if tab else None, max_seq_length, ids["cls"], ids["sep"])
-        rows.append({"input_ids": enc["input_ids"][0], "a_len": enc["a_len"][0], "index": i})
-    batch = ClassifyCollator(ids["pad"], "single_label", 2)(rows)
-    return {name: batch[name].numpy() for name in INPUT_NAMES}
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> Any:
+        out = self.model(input_ids, attention_mask, token_type_ids)
+        if isinstance(out, dict):
+            return tuple(out[name] for name in self.output_names)
+        return out
 
 
 def make_session(path: str | Path, threads: int | None = None) -> Any:
@@ -146,7 +100,7 @@ def run_session(session: Any, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
     return session.run(None, feed)
 
 
-def _torch_outputs(graph: nn.Module, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+def _torch_outputs(graph: OnnxGraph, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
     with torch.no_grad():
         out = graph(*(torch.from_numpy(batch[name]) for name in INPUT_NAMES))
     return [t.float().numpy() for t in (out if isinstance(out, tuple) else (out,))]
@@ -176,7 +130,7 @@ def _export_file(
                 str(path),
                 dynamo=True,
                 input_names=list(INPUT_NAMES),
-                output_names=list(output_names(graph)),
+                output_names=list(graph.output_names),
                 dynamic_shapes=shapes,
                 opset_version=opset,
                 external_data=False,
@@ -210,11 +164,11 @@ def _quiet() -> Iterator[None]:
 
 def check_onnx(
     session: Any,
-    graph: nn.Module,
+    graph: OnnxGraph,
     batches: Sequence[dict[str, np.ndarray]],
 ) -> dict[str, Any]:
     """Largest absolute difference per output and argmax agreement between onnxruntime and PyTorch."""
-    names = output_names(graph)
+    names = graph.output_names
     diff = dict.fromkeys(names, 0.0)
     agree = total = 0
     for batch in batches:
@@ -229,20 +183,15 @@ def check_onnx(
     return {"max_abs_diff": diff, "argmax_agreement": agree / max(1, total), "decisions": total}
 
 
-def _tmp_path(out_dir: Path, name: str) -> Path:
-    return out_dir / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
 def export_onnx(
-    graph: nn.Module,
+    graph: OnnxGraph,
     out_dir: str | Path,
-    tokenizer_dir: str | Path,
+    batches: Sequence[dict[str, np.ndarray]],
     *,
-    max_seq_length: int = 128,
+    max_positions: int,
     opset: int = DEFAULT_OPSET,
     quantize: str | None = None,
     threads: int | None = 1,
-    check_texts: Sequence[str] | None = None,
     atol: float = FP32_ATOL,
     int8_min_agreement: float = INT8_MIN_AGREEMENT,
     metadata: dict[str, Any] | None = None,
@@ -250,9 +199,9 @@ def export_onnx(
     """Write ``model.onnx`` (and with ``quantize="int8"`` ``model.int8.onnx``) and ``onnx.json`` into
     ``out_dir``, an HF export directory that already holds the tokenizer and label maps.
 
-    ``graph`` is one of the ``*Graph`` modules (in eval mode here). The files are written only when the
-    onnxruntime check passes; otherwise :class:`BertlabError` is raised and ``out_dir`` is unchanged.
-    Returns what goes into ``onnx.json``.
+    ``batches``: the check inputs, as the task encodes real texts (the first one padded, of several
+    lengths). The files are written only when the onnxruntime check passes; otherwise
+    :class:`BertlabError` is raised and ``out_dir`` is unchanged. Returns what goes into ``onnx.json``.
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
@@ -260,18 +209,12 @@ def export_onnx(
     if quantize not in (None, *QUANTIZE_CHOICES):
         raise BertlabError(f"ONNX export: quantize={quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
     graph = graph.eval()
-    encoder = graph.model.encoder if isinstance(graph, PretrainingGraph) else graph.encoder
-    max_len = min(int(max_seq_length), encoder.config.max_position_embeddings)
-    texts = list(check_texts or CHECK_TEXTS)
-    if len(texts) < 2:
-        raise BertlabError("ONNX export: the check needs at least two texts (a padded batch)")
-    batches = [encode_texts(tokenizer_dir, texts, max_len), encode_texts(tokenizer_dir, texts[:1], max_len)]
-    if int(batches[0]["attention_mask"].min()) == 1 or batches[0]["input_ids"].shape[1] < 2:
-        raise BertlabError("ONNX export: the check texts must have different lengths (a padded batch)")
+    if not batches or int(batches[0]["attention_mask"].min()) == 1 or batches[0]["input_ids"].shape[1] < 2:
+        raise BertlabError("ONNX export: the check needs texts of different lengths (a padded batch)")
     started = time.time()
-    tmp, tmp_int8, info_tmp = (_tmp_path(out_dir, name) for name in (ONNX_FILE, INT8_FILE, INFO_FILE))
+    tmp, tmp_int8, info_tmp = (temporary_name(out_dir / name) for name in (ONNX_FILE, INT8_FILE, INFO_FILE))
     try:
-        _export_file(graph, batches[0], tmp, opset, encoder.config.max_position_embeddings)
+        _export_file(graph, batches[0], tmp, opset, max_positions)
         check = check_onnx(make_session(tmp, threads), graph, batches)
         worst = max(check["max_abs_diff"].values())
         if not worst <= atol:
@@ -284,15 +227,10 @@ def export_onnx(
             "opset": opset,
             "exporter": "torch.onnx.export(dynamo=True)",
             "inputs": {name: ["batch", "seq"] for name in INPUT_NAMES},
-            "outputs": list(output_names(graph)),
-            "check_max_seq_length": max_len,
-            "max_positions": encoder.config.max_position_embeddings,
+            "outputs": list(graph.output_names),
+            "max_positions": max_positions,
             "versions": _versions(),
-            "check": {
-                "atol": atol,
-                "batch_shapes": [list(b["input_ids"].shape) for b in batches],
-                **check,
-            },
+            "check": {"atol": atol, "batch_shapes": [list(b["input_ids"].shape) for b in batches], **check},
             **(metadata or {}),
         }
         if quantize == "int8":
@@ -314,7 +252,7 @@ def export_onnx(
 def _quantize_int8(
     fp32: Path,
     out: Path,
-    graph: nn.Module,
+    graph: OnnxGraph,
     batches: Sequence[dict[str, np.ndarray]],
     threads: int | None,
     min_agreement: float,
@@ -349,12 +287,7 @@ def _versions() -> dict[str, str]:
 def read_info(export_dir: str | Path) -> dict[str, Any]:
     """``onnx.json`` of an export directory ({} when absent)."""
     path = Path(export_dir) / INFO_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise BertlabError(f"{path}: cannot read JSON: {e}") from None
+    return read_json(path) if path.is_file() else {}
 
 
 __all__ = [
@@ -362,11 +295,8 @@ __all__ = [
     "INFO_FILE",
     "INT8_FILE",
     "ONNX_FILE",
-    "PretrainingGraph",
-    "SequenceClassifierGraph",
-    "TokenClassifierGraph",
+    "OnnxGraph",
     "check_onnx",
-    "encode_texts",
     "export_onnx",
     "make_session",
     "read_info",

@@ -1,27 +1,33 @@
-"""Sentence and sentence-pair classification (and regression) as a LightningModule.
+"""Sentence and sentence-pair classification (and multi-label, and regression): the whole task.
 
-Batches come from :class:`bertlab.data.labelled.ClassifyDataModule`. The model is the shared
-:class:`~bertlab.encoder.BertEncoder` with a :class:`~bertlab.encoder.SequenceClassificationHead`
-on the pooled [CLS] vector (``pooling="cls"``) or the masked mean of the last layer (``"mean"``).
+- model: :class:`~bertlab.encoder.BertForSequenceClassification` (``task.pooling``: ``cls`` or ``mean``);
+- data: :class:`~bertlab.data.classify.ClassifyDataModule` (``data=csv`` or ``data=hub_labelled``);
+- training and metrics: :class:`ClassifyModule`;
+- decoding: :func:`predictions` (the one place probabilities become labels) and :class:`ClassifyPredictor`;
+- export: ``BertForSequenceClassification`` for ``[CLS]`` pooling; for mean pooling, which no
+  transformers class computes, a sentence-transformers directory (``modules.json``: the BERT model,
+  mean pooling, a ``Dense`` layer whose output is the logits).
 
-Problem types, losses and the metrics logged as ``val/*`` and ``test/*``:
+Problem types (``data.problem_type``), losses and the metrics logged as ``val/*`` and ``test/*``:
 
 - ``single_label``: cross-entropy; ``acc``, ``f1`` (for two classes the binary F1 of class index 1,
-  as GLUE's MRPC F1; macro F1 otherwise), ``mcc``; the confusion matrix (rows: true label, columns:
-  predicted) of the last validation or test run is kept in :attr:`ClassifyModule.last_confusion`.
-- ``multi_label``: binary cross-entropy on multi-hot labels; ``f1`` (micro), ``acc`` (exact match,
-  probability threshold 0.5); ``last_confusion`` holds one ``[[tn, fp], [fn, tp]]`` per label.
-- ``regression`` (one output): mean squared error; ``mse``, ``pearson``, ``spearman``.
+  as GLUE's MRPC F1; macro F1 otherwise), ``mcc``; checkpoints monitor ``val/acc``.
+- ``multi_label``: binary cross-entropy on multi-hot labels; ``f1`` (micro), ``acc`` (exact match);
+  a label is predicted when its probability is at least :data:`MULTI_LABEL_THRESHOLD`; monitors ``val/f1``.
+- ``regression`` (one output): mean squared error; ``mse``, ``pearson``, ``spearman``; monitors ``val/mse`` (min).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor
 from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import (
@@ -36,14 +42,64 @@ from torchmetrics.classification import (
 )
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
-from bertlab.encoder import BertConfig, BertEncoder, SequenceClassificationHead
+from bertlab.data.classify import ClassifyDataModule, PairEncoder
+from bertlab.data.labels import PROBLEM_TYPES
+from bertlab.data.tokenizer import load_tokenizer
+from bertlab.encoder import BertConfig, BertForSequenceClassification, encoder_to_hf
 from bertlab.errors import BertlabError
-from bertlab.tasks import optim
-from bertlab.tasks.hparams import plain
+from bertlab.export.hf import save_safetensors
+from bertlab.inference import Predictor, length_batches
+from bertlab.pretrained import Pretrained, read_safetensors
+from bertlab.tasks.base import (
+    Job,
+    RunContext,
+    Task,
+    TaskModule,
+    datamodule,
+    init_encoder,
+    model_config,
+    tokenizer_for,
+    write_export,
+)
 
-__all__ = ["PROBLEM_TYPES", "ClassifyModule", "collect_predictions", "make_metrics"]
+__all__ = [
+    "MULTI_LABEL_THRESHOLD",
+    "ClassifyModule",
+    "ClassifyPredictor",
+    "ClassifyTask",
+    "make_metrics",
+    "predictions",
+]
 
-PROBLEM_TYPES = ("single_label", "multi_label", "regression")
+# A label of a multi-label model is predicted when its probability is at least this.
+MULTI_LABEL_THRESHOLD = 0.5
+MONITORS = {
+    "single_label": ("val/acc", "max"),
+    "multi_label": ("val/f1", "max"),
+    "regression": ("val/mse", "min"),
+}
+HF_PROBLEM_TYPES = {
+    "single_label": "single_label_classification",
+    "multi_label": "multi_label_classification",
+    "regression": "regression",
+}
+# sentence-transformers' folders for a mean-pooled classifier
+ST_POOLING, ST_DENSE = "1_Pooling", "2_Dense"
+
+
+def predictions(logits: Tensor, problem_type: str) -> tuple[Tensor, Tensor]:
+    """(probabilities, predictions) of logits [B, K]: softmax and the label id; sigmoid and a
+    multi-hot row (probability >= :data:`MULTI_LABEL_THRESHOLD`); for regression both are the value.
+    Metrics, prediction and serving all decide here."""
+    logits = logits.float()
+    if problem_type == "single_label":
+        probs = logits.softmax(-1)
+        return probs, probs.argmax(-1)
+    if problem_type == "multi_label":
+        probs = logits.sigmoid()
+        return probs, (probs >= MULTI_LABEL_THRESHOLD).long()
+    value = logits.squeeze(-1)
+    return value, value
 
 
 def make_metrics(problem_type: str, num_labels: int) -> tuple[dict[str, Metric], Metric | None]:
@@ -63,66 +119,28 @@ def make_metrics(problem_type: str, num_labels: int) -> tuple[dict[str, Metric],
         return metrics, MulticlassConfusionMatrix(num_classes=num_labels)
     if problem_type == "multi_label":
         metrics = {
-            "acc": MultilabelExactMatch(num_labels=num_labels),
-            "f1": MultilabelF1Score(num_labels=num_labels, average="micro"),
+            "acc": MultilabelExactMatch(num_labels=num_labels, threshold=MULTI_LABEL_THRESHOLD),
+            "f1": MultilabelF1Score(num_labels=num_labels, average="micro", threshold=MULTI_LABEL_THRESHOLD),
         }
-        return metrics, MultilabelConfusionMatrix(num_labels=num_labels)
+        return metrics, MultilabelConfusionMatrix(num_labels=num_labels, threshold=MULTI_LABEL_THRESHOLD)
     if problem_type == "regression":
         metrics = {"mse": MeanSquaredError(), "pearson": PearsonCorrCoef(), "spearman": SpearmanCorrCoef()}
         return metrics, None
     raise BertlabError(f"problem_type={problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
 
 
-class ClassifyModule(L.LightningModule):
-    """Encoder + sequence classification head. ``model_config`` are :class:`BertConfig` fields,
-    ``optimizer`` the settings of :mod:`bertlab.tasks.optim`; ``label_names`` the label of each output
-    (the datamodule's ``labels``). All hyperparameters are saved as plain values, so checkpoints load
-    with ``torch.load(weights_only=True)``."""
+class ClassifyModule(TaskModule):
+    """Trains a :class:`BertForSequenceClassification` with its problem type's loss and metrics. The
+    confusion matrix (rows: true label, columns: predicted; one ``[[tn, fp], [fn, tp]]`` per label
+    for multi-label) of the last validation or test run is kept in :attr:`last_confusion`."""
 
     def __init__(
-        self,
-        model_config: dict[str, Any],
-        optimizer: dict[str, Any],
-        num_labels: int,
-        label_names: list[str],
-        problem_type: str = "single_label",
-        pooling: str = "cls",
-        classifier_dropout: float = 0.1,
+        self, model: BertForSequenceClassification, task: ClassifyTask, optimizer: dict[str, Any]
     ) -> None:
-        super().__init__()
-        # Plain values (a Hydra DictConfig would not load with weights_only=True); save_hyperparameters
-        # reads these locals.
-        model_config = plain(model_config)
-        optimizer = plain(optimizer)
-        label_names = [str(x) for x in plain(label_names)]
-        num_labels = int(num_labels)
-        problem_type = str(problem_type)
-        pooling = str(pooling)
-        classifier_dropout = float(classifier_dropout)
-        if problem_type not in PROBLEM_TYPES:
-            raise BertlabError(f"problem_type={problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
-        if problem_type == "regression" and num_labels != 1:
-            raise BertlabError(f"regression predicts one value: num_labels must be 1, got {num_labels}")
-        if problem_type == "single_label" and num_labels < 2:
-            raise BertlabError(f"single-label classification needs num_labels >= 2, got {num_labels}")
-        if problem_type == "multi_label" and num_labels < 1:
-            raise BertlabError(f"multi-label classification needs num_labels >= 1, got {num_labels}")
-        if len(label_names) != num_labels:
-            raise BertlabError(f"label_names has {len(label_names)} names for num_labels={num_labels}")
-        self.save_hyperparameters()
-        self.config = BertConfig(**model_config)
-        self.problem_type = problem_type
-        self.num_labels = num_labels
-        self.label_names = label_names
-        self.encoder = BertEncoder(self.config)
-        self.head = SequenceClassificationHead(
-            self.config.hidden_size,
-            num_labels,
-            classifier_dropout,
-            pooling=pooling,
-            initializer_range=self.config.initializer_range,
-        )
-        metrics, confusion = make_metrics(problem_type, num_labels)
+        super().__init__(model, task, optimizer)
+        self.problem_type = task.problem_type
+        num_labels = len(task.labels)
+        metrics, confusion = make_metrics(self.problem_type, num_labels)
         self.val_metrics = MetricCollection(metrics, prefix="val/")
         self.test_metrics = self.val_metrics.clone(prefix="test/")
         self.val_confusion = confusion
@@ -131,17 +149,8 @@ class ClassifyModule(L.LightningModule):
         self.test_loss = MeanMetric()
         self.last_confusion: list[list[int]] | list[list[list[int]]] | None = None
 
-    # ------------------------------------------------------------------------- model
-
-    def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None
-    ) -> Tensor:
-        """-> logits [B, num_labels]."""
-        sequence_output, pooled_output = self.encoder(input_ids, attention_mask, token_type_ids)
-        return self.head(sequence_output, pooled_output, attention_mask)
-
-    def _logits(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return self(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         if self.problem_type == "single_label":
@@ -150,34 +159,20 @@ class ClassifyModule(L.LightningModule):
             return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
         return F.mse_loss(logits.float().squeeze(-1), labels.float())
 
-    def outputs(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """(probabilities, predictions): softmax and label ids; sigmoid and multi-hot (>= 0.5); for
-        regression both are the predicted value."""
-        logits = logits.float()
-        if self.problem_type == "single_label":
-            probs = logits.softmax(-1)
-            return probs, probs.argmax(-1)
-        if self.problem_type == "multi_label":
-            probs = logits.sigmoid()
-            return probs, (probs >= 0.5).long()
-        value = logits.squeeze(-1)
-        return value, value
-
-    # ---------------------------------------------------------------------- training
-
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.loss(self._logits(batch), batch["labels"])
+        loss = self.loss(self(batch), batch["labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
         return loss
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
-        logits = self._logits(batch)
+        logits = self(batch)
         labels = batch["labels"]
-        loss = self.loss(logits, labels)
-        probs, preds = self.outputs(logits)
+        probs, preds = predictions(logits, self.problem_type)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         confusion = self.val_confusion if stage == "val" else self.test_confusion
-        (self.val_loss if stage == "val" else self.test_loss).update(loss.detach(), labels.size(0))
+        (self.val_loss if stage == "val" else self.test_loss).update(
+            self.loss(logits, labels).detach(), labels.size(0)
+        )
         if self.problem_type == "single_label":
             metrics.update(preds, labels)
             confusion.update(preds, labels)  # type: ignore[union-attr]
@@ -212,31 +207,222 @@ class ClassifyModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._end("test")
 
-    def predict_step(
-        self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0
-    ) -> dict[str, Tensor]:
-        """``{"index", "probs", "pred"}`` for the batch (see :meth:`outputs`); combine the batches
-        with :func:`collect_predictions` to get file order back."""
-        probs, preds = self.outputs(self._logits(batch))
-        return {"index": batch["index"], "probs": probs, "pred": preds}
 
-    def label_of(self, preds: Tensor | Sequence[int]) -> list[Any]:
-        """Label names of predicted ids (lists of names for multi-hot rows; values for regression)."""
-        values = preds.tolist() if isinstance(preds, Tensor) else list(preds)
-        if self.problem_type == "single_label":
-            return [self.label_names[int(p)] for p in values]
-        if self.problem_type == "multi_label":
-            return [[self.label_names[j] for j, on in enumerate(row) if on] for row in values]
-        return values
+class ClassifyTask(Task):
+    """Settings (``conf/task/classify.yaml``): ``pooling`` (cls | mean), ``classifier_dropout``; from
+    the data when training: ``labels``, ``problem_type``, ``max_seq_length``."""
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optim.configure(self, self.hparams["optimizer"], int(self.trainer.estimated_stepping_batches))
+    name = "classify"
+    datamodule_class = ClassifyDataModule
+    data_choices = "csv|hub_labelled"
+
+    def __init__(
+        self,
+        pooling: str = "cls",
+        classifier_dropout: float = 0.1,
+        labels: Sequence[str] | None = None,
+        problem_type: str = "single_label",
+        max_seq_length: int | None = None,
+        **settings: Any,
+    ) -> None:
+        super().__init__(**settings)
+        if problem_type not in PROBLEM_TYPES:
+            raise BertlabError(f"problem_type={problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
+        self.settings.update(
+            pooling=str(pooling),
+            classifier_dropout=float(classifier_dropout),
+            labels=[str(x) for x in labels] if labels is not None else None,
+            problem_type=str(problem_type),
+            max_seq_length=max_seq_length,
+        )
+
+    @property
+    def labels(self) -> list[str]:
+        if not self.settings["labels"]:
+            raise BertlabError("the classifier has no label names")
+        return list(self.settings["labels"])
+
+    @property
+    def problem_type(self) -> str:
+        return str(self.settings["problem_type"])
+
+    @classmethod
+    def from_hf(cls, pretrained: Pretrained, labels: Sequence[str] | None = None) -> ClassifyTask:
+        hf_type = pretrained.metadata.get("hf_problem_type") or "single_label_classification"
+        ours = {v: k for k, v in HF_PROBLEM_TYPES.items()}.get(hf_type, "single_label")
+        return cls(pooling="cls", labels=labels, problem_type=ours)
+
+    # ------------------------------------------------------------------------------- training
+
+    def default_monitor(self, cfg: DictConfig) -> tuple[str, str]:
+        problem = str(cfg.data.get("problem_type", "single_label"))
+        if problem not in MONITORS:
+            raise BertlabError(f"data.problem_type={problem!r} is not one of {', '.join(PROBLEM_TYPES)}")
+        return MONITORS[problem]
+
+    def build(self, cfg: DictConfig, pretrained: Pretrained | None, run: RunContext) -> Job:
+        tokenizer_dir = tokenizer_for(cfg, pretrained)
+        load_tokenizer(tokenizer_dir)  # a clear error for a broken tokenizer before reading data
+        config = model_config(cfg, tokenizer_dir, pretrained)
+        data = datamodule(cfg, run.micro_batch, tokenizer_dir=str(tokenizer_dir), cache_dir=run.cache_dir)
+        data.prepare_data()
+        data.setup("fit")
+        self.settings.update(
+            labels=list(data.labels), problem_type=data.problem_type, max_seq_length=data.max_seq_length
+        )
+        model = self.build_model(config)
+        init_encoder(model, pretrained)
+        return Job(data, ClassifyModule(model, self, run.optimizer), tokenizer_dir)
+
+    def summary(self, job: Job) -> dict[str, Any]:
+        out: dict[str, Any] = {"labels": self.labels}
+        if getattr(job.module, "last_confusion", None) is not None:
+            out["reports"] = {"confusion": job.module.last_confusion}
+        return out
+
+    # ------------------------------------------------------------------------------ the model
+
+    def build_model(self, config: BertConfig) -> BertForSequenceClassification:
+        num_labels = len(self.labels)
+        if self.problem_type == "regression" and num_labels != 1:
+            raise BertlabError(f"regression predicts one value: 1 label expected, got {num_labels}")
+        if self.problem_type == "single_label" and num_labels < 2:
+            raise BertlabError(f"single-label classification needs at least 2 labels, got {num_labels}")
+        return BertForSequenceClassification(
+            config, num_labels, self.settings["pooling"], self.settings["classifier_dropout"]
+        )
+
+    def head_from_hf(self, pretrained: Pretrained) -> dict[str, Tensor]:
+        if self.settings["pooling"] == "mean":
+            path = Path(pretrained.directory or pretrained.source) / ST_DENSE / "model.safetensors"
+            weights = read_safetensors(path)
+            return {
+                "head.classifier.weight": weights["linear.weight"],
+                "head.classifier.bias": weights["linear.bias"],
+            }
+        return {f"head.{k}": v for k, v in pretrained.hf_state.items() if k.startswith("classifier.")}
+
+    def export_hf(
+        self,
+        model: BertForSequenceClassification,
+        tokenizer_dir: Path,
+        out_dir: Path,
+        metadata: dict[str, Any],
+    ) -> Path:
+        encoder_state = {
+            k[len("encoder.") :]: v for k, v in model.state_dict().items() if k.startswith("encoder.")
+        }
+        labels = self.labels
+        label_maps = {"id2label": dict(enumerate(labels)), "label2id": {x: i for i, x in enumerate(labels)}}
+        classifier = model.head.classifier
+        if self.settings["pooling"] == "cls":
+            state = encoder_to_hf(encoder_state, model.config, prefix="bert.")
+            state["classifier.weight"], state["classifier.bias"] = classifier.weight, classifier.bias
+            config = {
+                "architectures": ["BertForSequenceClassification"],
+                "problem_type": HF_PROBLEM_TYPES[self.problem_type],
+                **label_maps,
+            }
+            return write_export(model, out_dir, state, config, tokenizer_dir, metadata)
+
+        # Mean pooling: no transformers class computes it. sentence-transformers loads this layout
+        # and computes exactly bertlab's logits: BertModel -> masked mean -> Dense (identity).
+        def sentence_transformers_modules(tmp: Path) -> None:
+            hidden, num_labels = model.config.hidden_size, len(labels)
+            modules = [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": ST_POOLING, "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": ST_DENSE, "type": "sentence_transformers.models.Dense"},
+            ]
+            (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
+            length = int(self.settings.get("max_seq_length") or model.config.max_position_embeddings)
+            (tmp / "sentence_bert_config.json").write_text(
+                json.dumps({"max_seq_length": length, "do_lower_case": False})
+            )
+            (tmp / ST_POOLING).mkdir()
+            pooling = {"word_embedding_dimension": hidden, "pooling_mode_mean_tokens": True}
+            (tmp / ST_POOLING / "config.json").write_text(json.dumps(pooling, indent=2))
+            (tmp / ST_DENSE).mkdir()
+            dense = {
+                "in_features": hidden,
+                "out_features": num_labels,
+                "bias": True,
+                "activation_function": "torch.nn.modules.linear.Identity",
+            }
+            (tmp / ST_DENSE / "config.json").write_text(json.dumps(dense, indent=2))
+            save_safetensors(
+                {"linear.weight": classifier.weight, "linear.bias": classifier.bias},
+                tmp / ST_DENSE / "model.safetensors",
+            )
+
+        state = encoder_to_hf(encoder_state, model.config, prefix="")
+        config = {"architectures": ["BertModel"], **label_maps}
+        return write_export(
+            model, out_dir, state, config, tokenizer_dir, metadata, sentence_transformers_modules
+        )
+
+    def check_batches(
+        self, tokenizer: Any, texts: Sequence[str], max_seq_length: int
+    ) -> list[dict[str, np.ndarray]]:
+        encode = PairEncoder(tokenizer, max_seq_length)
+        examples = [tuple(t.split("\t", 1)) if "\t" in t else (t, None) for t in texts]
+        rows = encode(examples)
+        return [encode.collate(rows), encode.collate(rows[:1])]
+
+    # ----------------------------------------------------------------------------- prediction
+
+    def predictor(
+        self, model: Any, tokenizer: Any, backend: Any, max_seq_length: int, batch_size: int
+    ) -> Predictor:
+        return ClassifyPredictor(self, model, tokenizer, backend, max_seq_length, batch_size)
 
 
-def collect_predictions(outputs: Sequence[Mapping[str, Tensor]] | None) -> dict[str, Tensor]:
-    """Concatenate :meth:`ClassifyModule.predict_step` outputs and sort them back by ``index``."""
-    if not outputs:
-        return {}
-    joined = {key: torch.cat([o[key].detach().cpu() for o in outputs]) for key in outputs[0]}
-    order = torch.argsort(joined["index"])
-    return {key: value[order] for key, value in joined.items()}
+class ClassifyPredictor(Predictor):
+    """Inputs: a text; a pair as ``[text, text_pair]``, ``{"text": ..., "text_pair": ...}`` or, on a
+    line, ``text<TAB>text_pair``. Answers: ``label``, ``score`` and every label's ``scores``
+    (single-label); ``labels`` and ``scores`` (multi-label); ``score`` (regression)."""
+
+    def parse(self, item: Any, where: str = "input") -> tuple[str, str | None]:
+        if isinstance(item, str):
+            a, tab, b = item.partition("\t")
+            return (a, b) if tab else (item, None)
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            pair = item.get("text_pair")
+            if pair is not None and not isinstance(pair, str):
+                raise BertlabError(f"{where}: text_pair must be a string, got {type(pair).__name__}")
+            unknown = sorted(set(item) - {"text", "text_pair"})
+            if unknown:
+                raise BertlabError(f"{where}: unknown field(s) {unknown}; expected text and text_pair")
+            return item["text"], pair
+        if isinstance(item, list | tuple) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            return item[0], item[1]
+        raise BertlabError(
+            f"{where}: expected a text (a string), a [text, text_pair] pair of strings or "
+            f'{{"text": ..., "text_pair": ...}}, got {json.dumps(item, ensure_ascii=False)[:80]}'
+        )
+
+    def predict(self, inputs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
+        encode = PairEncoder(self.tokenizer, self.max_seq_length)
+        rows = encode(inputs)
+        labels, problem = self.task.labels, self.task.problem_type
+        out: list[dict[str, Any]] = [{} for _ in inputs]
+        for chunk in length_batches([len(r["input_ids"]) for r in rows], self.batch_size):
+            (logits,) = self.backend(encode.collate([rows[i] for i in chunk]))
+            probs, preds = predictions(torch.from_numpy(logits), problem)
+            for row, i in enumerate(chunk):
+                text, pair = inputs[i]
+                item: dict[str, Any] = {"text": text}
+                if pair is not None:
+                    item["text_pair"] = pair
+                if problem == "regression":
+                    item["score"] = float(probs[row])
+                elif problem == "multi_label":
+                    item["labels"] = [labels[k] for k, on in enumerate(preds[row].tolist()) if on]
+                    item["scores"] = {labels[k]: round(float(p), 6) for k, p in enumerate(probs[row])}
+                else:
+                    k = int(preds[row])
+                    item["label"] = labels[k]
+                    item["score"] = round(float(probs[row, k]), 6)
+                    item["scores"] = {labels[j]: round(float(p), 6) for j, p in enumerate(probs[row])}
+                out[i] = item
+        return out

@@ -1,35 +1,63 @@
-"""Named-entity recognition (word-level token classification) as a LightningModule.
+"""Named-entity recognition (a label per word, entity-level F1 as seqeval computes it): the whole task.
 
-Batches come from :class:`bertlab.data.ner.NerDataModule`: windows of word pieces whose ``word_index``
-marks the one position that predicts each word (-1 elsewhere) and whose ``sentence_index`` /
-``sentence_num_words`` say which sentence a window belongs to. Evaluation turns each batch's logits
-into per-word label ids right away (argmax at those positions), holds small integer arrays only until
-every word of a sentence has come in (its windows may lie in different batches), then scores the
-sentence into an :class:`~bertlab.tagging.EntityCounts` -- seqeval's entity-level figures, default
-or strict mode.
+- model: :class:`~bertlab.encoder.BertForTokenClassification` (logits at every word piece);
+- data: :class:`~bertlab.data.ner.NerDataModule` (``data=conll``): windows of word pieces whose
+  ``word_index`` marks the one position that predicts each word (-1 elsewhere) and whose
+  ``sentence_index`` / ``sentence_num_words`` say which sentence a window belongs to;
+- training and metrics: :class:`NerModule`. Evaluation turns each batch's logits into per-word label
+  ids right away (:func:`word_predictions`), holds small integer arrays only until every word of a
+  sentence has come in (its windows may lie in different batches), then scores the sentence into an
+  :class:`~bertlab.tagging.EntityCounts` -- seqeval's entity-level figures, default or strict mode;
+- decoding: :func:`word_predictions` and :class:`NerPredictor` (words split as ``task.word_split``
+  says, entity spans with character offsets into the input);
+- export: ``BertForTokenClassification`` with ``id2label``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 
-from bertlab.encoder import IGNORE_INDEX, BertConfig, BertEncoder, TokenClassificationHead
+from bertlab.constants import IGNORE_INDEX
+from bertlab.data.ner import NerCollator, NerDataModule, build_windows, word_pieces
+from bertlab.data.tokenizer import load_tokenizer, special_token_ids
+from bertlab.data.words import WORD_SPLITS, split_words
+from bertlab.encoder import BertConfig, BertForTokenClassification, encoder_to_hf
 from bertlab.errors import BertlabError
-from bertlab.tagging import EntityCounts, canonical_scheme
-from bertlab.tasks import optim
-from bertlab.tasks.hparams import plain
+from bertlab.inference import Predictor, length_batches
+from bertlab.pretrained import Pretrained
+from bertlab.tagging import EntityCounts, canonical_scheme, entity_spans_with_offsets
+from bertlab.tasks.base import (
+    Job,
+    RunContext,
+    Task,
+    TaskModule,
+    datamodule,
+    init_encoder,
+    model_config,
+    tokenizer_for,
+    write_export,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NerModule", "WordPredictionAssembler", "WordPredictions"]
+__all__ = [
+    "NerModule",
+    "NerPredictor",
+    "NerTask",
+    "WordPredictionAssembler",
+    "WordPredictions",
+    "word_predictions",
+]
 
 
 @dataclass
@@ -94,65 +122,36 @@ class WordPredictionAssembler:
         return done
 
 
-class NerModule(L.LightningModule):
-    """BERT encoder + token classification head, scored by entities.
+def word_predictions(batch: dict[str, Any], logits: np.ndarray) -> WordPredictions:
+    """Word-level label ids of a batch: the argmax at each word's predicting position. ``batch`` holds
+    the collator's ``word_index``, ``sentence_index``, ``sentence_num_words`` (and ``labels`` when
+    gold tags are known); ``logits`` [B, T, K]. Evaluation, prediction and serving all decode here."""
+    word_index = np.asarray(batch["word_index"])
+    where = word_index >= 0
+    rows = np.nonzero(where)[0]
+    pred = logits.argmax(-1)[where]
+    gold = np.asarray(batch["labels"])[where] if "labels" in batch else np.full_like(pred, IGNORE_INDEX)
+    return WordPredictions(
+        np.asarray(batch["sentence_index"])[rows].astype(np.int64),
+        word_index[where].astype(np.int64),
+        np.asarray(batch["sentence_num_words"])[rows].astype(np.int64),
+        pred.astype(np.int64),
+        gold.astype(np.int64),
+    )
 
-    ``model_config`` are :class:`BertConfig` fields, ``optimizer`` the optimizer settings (see
-    :mod:`bertlab.tasks.optim`), ``label_names`` the tags by label id (``NerDataModule.labels``).
-    ``scheme`` and ``strict`` choose how entities are read when scoring: seqeval's default mode, or its
-    strict mode for that scheme. All hyperparameters are plain, so a checkpoint loads with
-    ``torch.load(weights_only=True)``.
-    """
 
-    def __init__(
-        self,
-        model_config: dict[str, Any],
-        optimizer: dict[str, Any],
-        label_names: list[str],
-        scheme: str = "IOB2",
-        classifier_dropout: float = 0.1,
-        strict: bool = False,
-    ) -> None:
-        super().__init__()
-        model_config = plain(model_config)
-        label_names = [str(t) for t in label_names]
-        # Plain dicts and lists (a Hydra DictConfig would not load with weights_only=True).
-        self.save_hyperparameters(
-            {
-                "model_config": model_config,
-                "optimizer": plain(optimizer),
-                "label_names": label_names,
-                "scheme": scheme,
-                "classifier_dropout": float(classifier_dropout),
-                "strict": bool(strict),
-            }
-        )
-        if not label_names:
-            raise BertlabError("NER: label_names is empty")
-        if len(set(label_names)) != len(label_names):
-            raise BertlabError(f"NER: label_names repeats a label: {label_names}")
-        try:
-            self.scheme = canonical_scheme(scheme)
-        except ValueError as exc:
-            raise BertlabError(f"NER scheme: {exc}") from None
-        self.strict = bool(strict)
-        self.label_names = label_names
-        self.config = BertConfig(**model_config)
-        self.encoder = BertEncoder(self.config)
-        self.head = TokenClassificationHead(
-            self.config.hidden_size, len(label_names), classifier_dropout, self.config.initializer_range
-        )
+class NerModule(TaskModule):
+    """Trains a :class:`BertForTokenClassification` with cross-entropy on the labelled word pieces and
+    scores it by entities (``task.scheme``; seqeval's strict mode with ``task.strict``). The per-type
+    report of the last validation or test run is in :attr:`last_entity_report`."""
+
+    def __init__(self, model: BertForTokenClassification, task: NerTask, optimizer: dict[str, Any]) -> None:
+        super().__init__(model, task, optimizer)
         self.last_entity_report: dict[str, Any] = {}
         self._eval: dict[str, dict[str, Any]] = {}
 
-    # --------------------------------------------------------------------------- model
-
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """-> logits [B, T, num_labels]."""
-        sequence_output, _ = self.encoder(
-            batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
-        )
-        return self.head(sequence_output)
+        return self.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy over labelled positions, and their number."""
@@ -163,44 +162,16 @@ class NerModule(L.LightningModule):
         return F.cross_entropy(logits[keep].float(), labels[keep]), count
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch)
-        loss, _ = self._loss(logits, batch["labels"])
-        bs = batch["input_ids"].size(0)
-        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        loss, _ = self._loss(self(batch), batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
         return loss
-
-    @torch.no_grad()
-    def predict_words(
-        self, batch: dict[str, torch.Tensor], logits: torch.Tensor | None = None
-    ) -> WordPredictions:
-        """Word-level label ids of a batch (argmax at each word's predicting position), on the CPU."""
-        if logits is None:
-            logits = self(batch)
-        where = batch["word_index"] >= 0
-        pred = logits.argmax(-1)[where]
-        sentence = batch["sentence_index"][:, None].expand_as(where)[where]
-        num_words = batch["sentence_num_words"][:, None].expand_as(where)[where]
-        gold = batch["labels"][where] if "labels" in batch else torch.full_like(pred, IGNORE_INDEX)
-        arrays = [
-            t.to("cpu", torch.int64).numpy()
-            for t in (sentence, batch["word_index"][where], num_words, pred, gold)
-        ]
-        return WordPredictions(*arrays)
-
-    def predict_step(
-        self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
-    ) -> WordPredictions:
-        return self.predict_words(batch)
-
-    def tags(self, label_ids: Iterable[int]) -> list[str]:
-        return [self.label_names[int(i)] for i in label_ids]
 
     # ---------------------------------------------------------------------- evaluation
 
     def _start(self, stage: str) -> None:
         self._eval[stage] = {
             "assembler": WordPredictionAssembler(),
-            "counts": EntityCounts(scheme=self.scheme, mode="strict" if self.strict else "default"),
+            "counts": EntityCounts(scheme=self.task.scheme, mode="strict" if self.task.strict else "default"),
             "loss_sum": 0.0,
             "loss_count": 0,
             "words": 0,
@@ -215,14 +186,14 @@ class NerModule(L.LightningModule):
         loss, count = self._loss(logits, batch["labels"])
         state["loss_sum"] += float(loss) * count
         state["loss_count"] += count
-        preds = self.predict_words(batch, logits)
+        preds = word_predictions(batch, logits.detach().float().cpu().numpy())
         scored = preds.gold != IGNORE_INDEX
         state["words"] += int(scored.sum())
         state["correct"] += int((preds.pred[scored] == preds.gold[scored]).sum())
         for _, pred, gold in state["assembler"].add(preds):
             if (gold == IGNORE_INDEX).any():
                 continue  # a sentence without gold tags cannot be scored
-            state["counts"].update(self.tags(gold), self.tags(pred))
+            state["counts"].update(self.task.tags(gold), self.task.tags(pred))
 
     def _end(self, stage: str) -> None:
         state = self._eval.pop(stage, None)
@@ -266,5 +237,231 @@ class NerModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._end("test")
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        return optim.configure(self, self.hparams["optimizer"], int(self.trainer.estimated_stepping_batches))
+
+class NerTask(Task):
+    """Settings (``conf/task/ner.yaml``): ``classifier_dropout``; ``strict`` (seqeval's strict mode
+    for the scheme); ``word_split`` (how prediction splits a text into words: see
+    :mod:`bertlab.data.words`); from the data when training: ``labels``, ``scheme``,
+    ``max_seq_length``, ``stride``."""
+
+    name = "ner"
+    datamodule_class = NerDataModule
+    data_choices = "conll"
+
+    def __init__(
+        self,
+        classifier_dropout: float = 0.1,
+        strict: bool = False,
+        word_split: str = "tweet",
+        labels: Sequence[str] | None = None,
+        scheme: str = "IOB2",
+        max_seq_length: int | None = None,
+        stride: int = 32,
+        **settings: Any,
+    ) -> None:
+        super().__init__(**settings)
+        if word_split not in WORD_SPLITS:
+            raise BertlabError(f"task.word_split={word_split!r} is not one of {', '.join(WORD_SPLITS)}")
+        try:
+            scheme = canonical_scheme(scheme)
+        except ValueError as exc:
+            raise BertlabError(f"NER scheme: {exc}") from None
+        if labels is not None and len(set(labels)) != len(labels):
+            raise BertlabError(f"NER: the label list repeats a label: {list(labels)}")
+        self.settings.update(
+            classifier_dropout=float(classifier_dropout),
+            strict=bool(strict),
+            word_split=str(word_split),
+            labels=[str(x) for x in labels] if labels is not None else None,
+            scheme=scheme,
+            max_seq_length=max_seq_length,
+            stride=int(stride),
+        )
+
+    @property
+    def labels(self) -> list[str]:
+        if not self.settings["labels"]:
+            raise BertlabError("the NER model has no label names")
+        return list(self.settings["labels"])
+
+    @property
+    def scheme(self) -> str:
+        return str(self.settings["scheme"])
+
+    @property
+    def strict(self) -> bool:
+        return bool(self.settings["strict"])
+
+    def tags(self, label_ids: Iterable[int]) -> list[str]:
+        labels = self.labels
+        return [labels[int(i)] for i in label_ids]
+
+    @classmethod
+    def from_hf(cls, pretrained: Pretrained, labels: Sequence[str] | None = None) -> NerTask:
+        prefixes = {str(x).split("-", 1)[0] for x in labels or []}
+        scheme = (
+            "BMES"
+            if "M" in prefixes
+            else "BILOU"
+            if prefixes & {"L", "U"}
+            else "IOBES"
+            if "S" in prefixes
+            else "IOB2"
+        )
+        return cls(labels=labels, scheme=scheme)
+
+    # ------------------------------------------------------------------------------- training
+
+    def default_monitor(self, cfg: DictConfig) -> tuple[str, str]:
+        return "val/f1", "max"
+
+    def build(self, cfg: DictConfig, pretrained: Pretrained | None, run: RunContext) -> Job:
+        tokenizer_dir = tokenizer_for(cfg, pretrained)
+        load_tokenizer(tokenizer_dir)  # a clear error for a broken tokenizer before reading data
+        config = model_config(cfg, tokenizer_dir, pretrained)
+        data = datamodule(cfg, run.micro_batch, tokenizer_dir=str(tokenizer_dir))
+        data.prepare_data()
+        data.setup("fit")
+        self.settings.update(
+            labels=list(data.labels),
+            scheme=data.scheme,
+            max_seq_length=data.max_seq_length,
+            stride=data.stride,
+        )
+        model = self.build_model(config)
+        init_encoder(model, pretrained)
+        return Job(data, NerModule(model, self, run.optimizer), tokenizer_dir)
+
+    def summary(self, job: Job) -> dict[str, Any]:
+        out: dict[str, Any] = {"labels": self.labels}
+        if job.module.last_entity_report:
+            out["reports"] = {"entity_report": job.module.last_entity_report}
+        return out
+
+    # ------------------------------------------------------------------------------ the model
+
+    def build_model(self, config: BertConfig) -> BertForTokenClassification:
+        return BertForTokenClassification(config, len(self.labels), self.settings["classifier_dropout"])
+
+    def head_from_hf(self, pretrained: Pretrained) -> dict[str, torch.Tensor]:
+        return {f"head.{k}": v for k, v in pretrained.hf_state.items() if k.startswith("classifier.")}
+
+    def export_hf(
+        self, model: BertForTokenClassification, tokenizer_dir: Path, out_dir: Path, metadata: dict[str, Any]
+    ) -> Path:
+        encoder_state = {
+            k[len("encoder.") :]: v for k, v in model.state_dict().items() if k.startswith("encoder.")
+        }
+        state = encoder_to_hf(encoder_state, model.config, prefix="bert.")
+        # BertForTokenClassification has no pooler.
+        state = {k: v for k, v in state.items() if not k.startswith("bert.pooler.")}
+        classifier = model.head.classifier
+        state["classifier.weight"], state["classifier.bias"] = classifier.weight, classifier.bias
+        labels = self.labels
+        config = {
+            "architectures": ["BertForTokenClassification"],
+            "id2label": dict(enumerate(labels)),
+            "label2id": {x: i for i, x in enumerate(labels)},
+        }
+        return write_export(model, out_dir, state, config, tokenizer_dir, metadata)
+
+    def check_batches(
+        self, tokenizer: Any, texts: Sequence[str], max_seq_length: int
+    ) -> list[dict[str, np.ndarray]]:
+        encode = NerEncoder(tokenizer, max_seq_length, int(self.settings["stride"]))
+        windows = encode([split_words(t.replace("\t", " "), "whitespace")[0] for t in texts])
+        first = [w for w in windows if w.sentence_index == 0]
+        return [encode.collate(windows), encode.collate(first)]
+
+    # ----------------------------------------------------------------------------- prediction
+
+    def predictor(
+        self, model: Any, tokenizer: Any, backend: Any, max_seq_length: int, batch_size: int
+    ) -> Predictor:
+        return NerPredictor(self, model, tokenizer, backend, max_seq_length, batch_size)
+
+
+class NerEncoder:
+    """Sentences (lists of words) -> windows of word pieces, and windows -> a padded batch."""
+
+    def __init__(self, tokenizer: Any, max_seq_length: int, stride: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length
+        self.stride = min(stride, max(0, (max_seq_length - 2) // 2))
+        self.ids = special_token_ids(tokenizer)
+        self.collator = NerCollator(self.ids["pad"])
+
+    def __call__(self, sentences: Sequence[Sequence[str]]) -> list[Any]:
+        windows = []
+        for si, pieces in enumerate(word_pieces(self.tokenizer, sentences, self.ids["unk"])):
+            if pieces:
+                windows.extend(
+                    build_windows(
+                        si, pieces, None, self.max_seq_length, self.stride, self.ids["cls"], self.ids["sep"]
+                    )
+                )
+        return windows
+
+    def collate(self, windows: Sequence[Any]) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in self.collator(list(windows)).items()}
+
+
+@dataclass
+class NerInput:
+    """A sentence to tag: its words, their character offsets, and the text the offsets point into."""
+
+    text: str
+    words: list[str]
+    offsets: list[tuple[int, int]]
+    pretokenized: bool = False
+
+
+class NerPredictor(Predictor):
+    """Inputs: a text (split into words as ``task.word_split`` says), ``{"text": ...}``, or words
+    already split: ``{"tokens": [...]}`` (offsets then point into the tokens joined by single
+    spaces). Answers: ``entities`` (type, character ``start``/``end``, ``word_start``/``word_end``,
+    ``text``), ``words`` and ``tags``."""
+
+    def parse(self, item: Any, where: str = "input") -> NerInput:
+        if isinstance(item, dict) and set(item) == {"tokens"}:
+            tokens = item["tokens"]
+            if not isinstance(tokens, list) or not all(isinstance(t, str) and t.strip() for t in tokens):
+                raise BertlabError(f"{where}: tokens must be a list of non-empty strings")
+            offsets, start = [], 0
+            for t in tokens:
+                offsets.append((start, start + len(t)))
+                start += len(t) + 1
+            return NerInput(" ".join(tokens), list(tokens), offsets, pretokenized=True)
+        if isinstance(item, dict) and set(item) == {"text"}:
+            item = item["text"]
+        if not isinstance(item, str):
+            raise BertlabError(
+                f'{where}: expected a text (a string), {{"text": ...}} or {{"tokens": [...]}}, got '
+                f"{json.dumps(item, ensure_ascii=False)[:80]}"
+            )
+        words, offsets = split_words(item, self.task.settings["word_split"])
+        return NerInput(item, words, offsets)
+
+    def predict(self, inputs: Sequence[NerInput]) -> list[dict[str, Any]]:
+        encode = NerEncoder(self.tokenizer, self.max_seq_length, int(self.task.settings["stride"]))
+        windows = encode([x.words for x in inputs])
+        assembler = WordPredictionAssembler()
+        tags_of: dict[int, list[str]] = {}
+        for chunk in length_batches([len(w) for w in windows], self.batch_size):
+            batch = encode.collate([windows[i] for i in chunk])
+            (logits,) = self.backend(batch)
+            for si, pred, _ in assembler.add(word_predictions(batch, logits)):
+                tags_of[int(si)] = self.task.tags(pred)
+        out = []
+        for si, x in enumerate(inputs):
+            tags = tags_of.get(si, [])
+            entities = (
+                entity_spans_with_offsets(x.words, x.offsets, tags, scheme=self.task.scheme, text=x.text)
+                if x.words
+                else []
+            )
+            answer: dict[str, Any] = {"text": x.text, "entities": entities, "words": x.words, "tags": tags}
+            if x.pretokenized:
+                answer["tokens"] = answer.pop("words")
+            out.append(answer)
+        return out

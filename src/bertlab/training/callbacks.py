@@ -1,8 +1,13 @@
-"""Callbacks the run adds itself (not user-configurable)."""
+"""Callbacks of a training job: the run's identity and random state in checkpoints, the non-finite
+guard, the save on Ctrl-C / SIGTERM, the best and periodic checkpoints, and atomic checkpoint files.
+
+``BestCheckpoint`` and ``PeriodicCheckpoint`` are named in ``conf/callbacks/default.yaml``; the job
+adds the others itself. The exact-resume guarantees (docs/reliability.md) rest on a few of
+Lightning's non-public loop internals; each use is listed, with why, in docs/architecture.md.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +20,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from bertlab.data.sampler import ResumableDataLoader
 from bertlab.errors import BertlabError
+from bertlab.io import atomic_write
+from bertlab.pretrained import safe_torch_load
 
 
 class RunIdentity(L.Callback):
@@ -198,26 +205,14 @@ def _validation_follows(trainer: L.Trainer) -> bool:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints written to a temporary file, flushed, then renamed into place: a crash during a
-    save leaves the previous checkpoint intact, never a truncated one. Loading never unpickles
-    code (``weights_only=True``)."""
+    """Checkpoints written to a temporary file, flushed to disk, then renamed into place: a crash
+    during a save leaves the previous checkpoint intact, never a truncated one. Loading never
+    unpickles code (``weights_only=True``)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with tmp.open("wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda f: torch.save(checkpoint, f), fsync=True)
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        from bertlab.tasks.init_from import safe_torch_load
-
         return safe_torch_load(Path(path))

@@ -5,24 +5,24 @@ whatever the hardware. ``hardware.micro_batch_size`` (default: as large as the g
 is what one device runs at a time; gradient accumulation makes up the rest:
 ``accumulate = batch_size / (devices x num_nodes x micro_batch_size)``.
 
-Lightning's DDP launcher starts ranks 1.. by running the script again. With Hydra it passes the
-command line back (``-m`` and the sweep included, which starts the whole sweep again in every child)
-and the run directory's unresolved pattern; :class:`HydraRunDirLauncher` gives each child this job's
-own overrides and this job's output directory instead, so every rank works in one run directory,
-in single runs and in sweeps alike.
+The other ranks of a job on one node are started by :func:`launch_local_ranks` (as torchrun would,
+through the environment) with this job's own overrides and output directory, so every rank works in
+one run directory, in single runs and in sweeps alike. (Lightning's own launcher would re-run the
+whole command line: a sweep's ``-m`` starts the sweep again in every child.)
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 from typing import Any
-from unittest import mock
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
-from lightning.pytorch.strategies.launchers import subprocess_script
 from omegaconf import DictConfig
 
 from bertlab.errors import BertlabError
@@ -83,13 +83,19 @@ def batch_layout(
 
 
 def child_command(local_rank: int) -> tuple[list[str], str]:
-    """The command that starts local rank ``local_rank`` of this job (used by the DDP launcher)."""
+    """The command that starts local rank ``local_rank`` of this job: this job's own overrides and
+    config directories, in this job's run directory (not the sweep, not a new directory)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_original_cwd
 
     hc = HydraConfig.get()
     out = str(hc.runtime.output_dir).replace("\\", "\\\\").replace('"', '\\"')
-    command = [sys.executable, "-m", "bertlab.cli.train", *list(hc.overrides.task)]
+    command = [sys.executable, "-m", "bertlab.cli.train"]
+    # Config directories the user added with --config-dir (a search path from the command line).
+    for source in hc.runtime.config_sources:
+        if source.provider == "command-line" and source.schema == "file":
+            command += ["--config-dir", source.path]
+    command += list(hc.overrides.task)
     command += [
         f'hydra.run.dir="{out}"',
         f"hydra.job.name=train_ddp_process_{local_rank}",
@@ -98,54 +104,72 @@ def child_command(local_rank: int) -> tuple[list[str], str]:
     return command, get_original_cwd()
 
 
-_LAUNCHED: list[subprocess_script._SubprocessScriptLauncher] = []
-# What Lightning's launcher puts in the environment of the process that starts the others.
+# The processes this job started, and what it put in its own environment to start them.
+_CHILDREN: list[subprocess.Popen] = []
 _LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_RESTORE: list[Any] = []  # the SIGTERM handler to put back after the job
 
 
-class HydraRunDirLauncher(subprocess_script._SubprocessScriptLauncher):
-    """Lightning's subprocess launcher with :func:`child_command` for the Hydra case."""
+def _launched_externally() -> bool:
+    """torchrun, SLURM's srun, or a launcher of our own has already started every process."""
+    return "LOCAL_RANK" in os.environ or SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
 
-    def _call_children_scripts(self) -> None:
-        with mock.patch.object(subprocess_script, "_hydra_subprocess_cmd", child_command):
-            super()._call_children_scripts()
-        _LAUNCHED.append(self)
+
+def launch_local_ranks(hardware: DictConfig) -> None:
+    """Start local ranks 1.. of a multi-process job on this node, before the Trainer exists.
+
+    Each child runs :func:`child_command` with ``LOCAL_RANK`` (and the address, port, node rank and
+    world size) in its environment, as torchrun would; Lightning then sees processes launched from
+    outside (its ``LightningEnvironment``) and starts none itself. Doing it here rather than through
+    Lightning's own launcher lets every rank join this job's run directory, in a sweep too, through
+    public settings only. Under SLURM or torchrun the processes exist already and nothing is started.
+    """
+    devices = num_devices(hardware)
+    if devices <= 1 or _launched_externally():
+        return
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    environment = LightningEnvironment()
+    os.environ["MASTER_ADDR"] = environment.main_address
+    os.environ["MASTER_PORT"] = str(environment.main_port)
+    os.environ["NODE_RANK"] = str(environment.node_rank())
+    os.environ["WORLD_SIZE"] = str(world_size(hardware))
+    os.environ["LOCAL_RANK"] = "0"
+    for local_rank in range(1, devices):
+        command, cwd = child_command(local_rank)
+        env = {**os.environ, "LOCAL_RANK": str(local_rank)}
+        _CHILDREN.append(subprocess.Popen(command, env=env, cwd=cwd))
+    # A SIGTERM to this process reaches the ranks it started (Lightning keeps handlers it finds).
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in _CHILDREN:
+            if child.poll() is None:
+                child.send_signal(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, forward)
+    _RESTORE.append(previous)
 
 
 def end_of_job(timeout_s: float = 300.0) -> None:
     """After a job that started processes: wait for them, close the process group, and clear the
     launch environment, so that the next job of a sweep starts processes of its own."""
-    if not _LAUNCHED:
+    if not _CHILDREN:
         return
-    for launcher in _LAUNCHED:
-        for proc in launcher.procs:
-            try:
-                proc.wait(timeout=timeout_s)
-            except Exception:  # a child that hangs must not hang the sweep
-                proc.kill()
-    _LAUNCHED.clear()
+    for child in _CHILDREN:
+        try:
+            child.wait(timeout=timeout_s)
+        except Exception:  # a child that hangs must not hang the sweep
+            child.kill()
+    _CHILDREN.clear()
+    while _RESTORE:
+        signal.signal(signal.SIGTERM, _RESTORE.pop())
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     for name in _LAUNCH_ENV:
         os.environ.pop(name, None)
-
-
-class _HydraLaunch:
-    def _configure_launcher(self) -> None:
-        super()._configure_launcher()  # type: ignore[misc]
-        launcher = self._launcher  # type: ignore[attr-defined]
-        if type(launcher) is subprocess_script._SubprocessScriptLauncher:
-            self._launcher = HydraRunDirLauncher(  # type: ignore[attr-defined]
-                launcher.cluster_environment, launcher.num_processes, launcher.num_nodes
-            )
-
-
-class HydraDDPStrategy(_HydraLaunch, DDPStrategy):
-    """DDP whose child processes share the Hydra job's run directory."""
-
-
-class HydraFSDPStrategy(_HydraLaunch, FSDPStrategy):
-    """FSDP (each transformer layer sharded) whose child processes share the run directory."""
 
 
 def build_strategy(hardware: DictConfig) -> str | Strategy:
@@ -153,14 +177,14 @@ def build_strategy(hardware: DictConfig) -> str | Strategy:
     name = str(hardware.get("strategy", "auto") or "auto")
     if name == "auto":
         if world_size(hardware) > 1:
-            return HydraDDPStrategy()
+            return DDPStrategy()
         return "auto"
     if name == "ddp":
-        return HydraDDPStrategy(find_unused_parameters=bool(hardware.get("find_unused_parameters", False)))
+        return DDPStrategy(find_unused_parameters=bool(hardware.get("find_unused_parameters", False)))
     if name == "fsdp":
         from bertlab.encoder.bert import TransformerLayer
 
-        return HydraFSDPStrategy(
+        return FSDPStrategy(
             auto_wrap_policy={TransformerLayer},
             sharding_strategy=str(hardware.get("sharding_strategy", "FULL_SHARD")),
             state_dict_type="full",  # checkpoints stay one file that loads anywhere

@@ -1,0 +1,547 @@
+"""Sentence and sentence-pair classification data: labelled tables to padded batches.
+
+``[CLS] A [SEP]`` or ``[CLS] A [SEP] B [SEP]`` (token types 0 then 1), truncated to ``max_seq_length``
+(longest first for pairs), padded to the longest row of each batch. Training batches hold rows of
+similar length (:class:`~bertlab.data.sampler.LengthGroupedSampler`); their order is fixed by
+``(seed, epoch)`` and the loader's position is saved in Lightning checkpoints, so training resumes
+mid-epoch on the same batch. Evaluation batches are sorted by length; every batch carries ``index``
+(the row number in its file), so outputs can be put back in file order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from bertlab.data.labels import PROBLEM_TYPES, parse_labels, shown_labels, sort_labels
+from bertlab.data.sampler import (
+    FixedBatchSampler,
+    LengthGroupedSampler,
+    ResumableDataLoader,
+    ResumableSampler,
+    rank_world,
+)
+from bertlab.data.tables import (
+    QUOTING,
+    RowLocator,
+    quiet_datasets,
+    read_table_with_locations,
+    require_columns,
+)
+from bertlab.data.tokenizer import load_tokenizer, special_token_ids
+from bertlab.errors import BertlabError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ClassifyCollator",
+    "PairEncoder",
+    "ClassifyDataModule",
+    "EncodedDataset",
+    "encode_pairs",
+    "truncate_pair",
+]
+
+
+def truncate_pair(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+    """Longest-first truncation: drop the last token of the longer sequence (B on ties) until
+    ``len_a + len_b <= budget``; returns the kept lengths (closed form of that loop)."""
+    excess = len_a + len_b - budget
+    if excess <= 0:
+        return len_a, len_b
+    if len_a != len_b:
+        take = min(abs(len_a - len_b), excess)
+        if len_a > len_b:
+            len_a -= take
+        else:
+            len_b -= take
+        excess -= take
+    return len_a - excess // 2, len_b - (excess + 1) // 2
+
+
+def encode_pairs(
+    tokenizer: Any,
+    texts: list[str],
+    pairs: list[str] | None,
+    max_seq_length: int,
+    cls_id: int,
+    sep_id: int,
+) -> dict[str, list]:
+    """``input_ids`` ([CLS] A [SEP] (B [SEP])) and ``a_len`` (length of [CLS] A [SEP]) per row."""
+    enc_a = tokenizer.encode_batch(texts, add_special_tokens=False)
+    input_ids: list[list[int]] = []
+    a_lens: list[int] = []
+    if pairs is None:
+        budget = max_seq_length - 2
+        for e in enc_a:
+            ids = [cls_id, *e.ids[:budget], sep_id]
+            input_ids.append(ids)
+            a_lens.append(len(ids))
+    else:
+        enc_b = tokenizer.encode_batch(pairs, add_special_tokens=False)
+        budget = max_seq_length - 3
+        for ea, eb in zip(enc_a, enc_b):
+            la, lb = truncate_pair(len(ea.ids), len(eb.ids), budget)
+            ids = [cls_id, *ea.ids[:la], sep_id, *eb.ids[:lb], sep_id]
+            input_ids.append(ids)
+            a_lens.append(la + 2)
+    return {"input_ids": input_ids, "a_len": a_lens, "length": [len(x) for x in input_ids]}
+
+
+def _encode_batch(
+    batch: dict[str, list],
+    tokenizer: Any,
+    max_seq_length: int,
+    cls_id: int,
+    sep_id: int,
+) -> dict[str, list]:
+    return encode_pairs(tokenizer, batch["text"], batch.get("pair"), max_seq_length, cls_id, sep_id)
+
+
+class EncodedDataset(TorchDataset):
+    """Arrow-backed encoded rows; each item also carries its row index (``index``)."""
+
+    def __init__(self, table: datasets.Dataset) -> None:
+        self.table = table
+        self.lengths = np.asarray(table["length"], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        # One Arrow read per batch instead of one per row.
+        indices = [int(i) for i in indices]
+        cols = self.table[indices]
+        names = [n for n in ("input_ids", "a_len", "label") if n in cols]
+        return [{"index": i, **{n: cols[n][j] for n in names}} for j, i in enumerate(indices)]
+
+
+class ClassifyCollator:
+    """Rows -> padded tensors: ``input_ids``, ``attention_mask``, ``token_type_ids``, ``index`` and,
+    when the rows have them, ``labels`` (long [B]; float multi-hot [B, K]; float [B] for regression)."""
+
+    def __init__(self, pad_token_id: int, problem_type: str, num_labels: int) -> None:
+        self.pad_token_id = pad_token_id
+        self.problem_type = problem_type
+        self.num_labels = num_labels
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch_size = len(rows)
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = np.full((batch_size, width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((batch_size, width), dtype=np.int64)
+        types = np.zeros((batch_size, width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = r["input_ids"]
+            mask[i, :n] = 1
+            types[i, r["a_len"] : n] = 1
+        out = {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(mask),
+            "token_type_ids": torch.from_numpy(types),
+            "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
+        }
+        if "label" in rows[0]:
+            if self.problem_type == "single_label":
+                out["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
+            elif self.problem_type == "regression":
+                out["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.float32)
+            else:
+                hot = torch.zeros(batch_size, self.num_labels, dtype=torch.float32)
+                for i, r in enumerate(rows):
+                    hot[i, list(r["label"])] = 1.0
+                out["labels"] = hot
+        return out
+
+
+class PairEncoder:
+    """Texts or ``(text, text_pair)`` examples -> model input rows, and rows -> a padded batch (numpy),
+    as prediction and the export check encode them."""
+
+    def __init__(self, tokenizer: Any, max_seq_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length
+        self.ids = special_token_ids(tokenizer)
+        self.collator = ClassifyCollator(self.ids["pad"], "single_label", 2)
+
+    def __call__(self, examples: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = [{} for _ in examples]
+        for paired in (False, True):
+            which = [i for i, (_, b) in enumerate(examples) if (b is not None) == paired]
+            if not which:
+                continue
+            texts = [examples[i][0] for i in which]
+            pairs = [str(examples[i][1]) for i in which] if paired else None
+            enc = encode_pairs(
+                self.tokenizer, texts, pairs, self.max_seq_length, self.ids["cls"], self.ids["sep"]
+            )
+            for i, ids, a_len in zip(which, enc["input_ids"], enc["a_len"]):
+                rows[i] = {"input_ids": ids, "a_len": a_len, "index": i}
+        return rows
+
+    def collate(self, rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+        batch = self.collator(list(rows))
+        return {k: batch[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+class ClassifyDataModule(L.LightningDataModule):
+    """Labelled tables -> batches for sentence / sentence-pair classification (see the module docstring).
+
+    The label set comes from the training split (or ``labels``, when a model already has one): label
+    values as text, sorted (numerically when all are integers), in :attr:`labels`; the label id of a
+    row is its position there. ``problem_type="multi_label"`` reads a list of labels per row (a JSON
+    list, or text split on ``label_separator``, "," by default); ``"regression"`` a number per row.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer_dir: str | Path,
+        train_file: str | Path | None,
+        validation_file: str | Path | None = None,
+        test_file: str | Path | None = None,
+        format: str | None = None,
+        delimiter: str | None = None,
+        encoding: str = "utf-8",
+        quoting: str = "minimal",
+        text_column: str = "sentence",
+        text_pair_column: str | None = None,
+        label_column: str = "label",
+        problem_type: str = "single_label",
+        label_separator: str | None = None,
+        max_seq_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        group_by_length: bool = True,
+        limit_train_rows: int | None = None,
+        seed: int = 1234,
+        labels: list[str] | None = None,
+        cache_dir: str | None = None,
+        hub: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if problem_type not in PROBLEM_TYPES:
+            raise BertlabError(f"data.problem_type={problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
+        if quoting not in QUOTING:
+            raise BertlabError(f"data.quoting={quoting!r} is not one of {', '.join(QUOTING)}")
+        if max_seq_length < 4:
+            raise BertlabError(f"data.max_seq_length={max_seq_length} is too short (at least 4)")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise BertlabError(
+                f"data.batch_size={batch_size} and eval_batch_size={eval_batch_size} must be >= 1"
+            )
+        if limit_train_rows is not None and limit_train_rows < 1:
+            raise BertlabError(f"data.limit_train_rows={limit_train_rows} must be at least 1")
+        self.hub = dict(hub) if hub else None
+        if self.hub and not self.hub.get("name"):
+            raise BertlabError("data.hub.name is not set: name a datasets dataset, e.g. data.hub.name=glue")
+        if train_file is None and labels is None:
+            raise BertlabError("data.train_file is not set: the label set comes from the training file")
+        self.tokenizer_dir = Path(tokenizer_dir)
+        self.files = {"train": train_file, "validation": validation_file, "test": test_file}
+        self.read_options = {
+            "format": format,
+            "delimiter": delimiter,
+            "encoding": encoding,
+            "quoting": quoting,
+        }
+        self.text_column = text_column
+        self.text_pair_column = text_pair_column
+        self.label_column = label_column
+        self.problem_type = problem_type
+        self.label_separator = label_separator
+        self.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.group_by_length = group_by_length
+        self.limit_train_rows = limit_train_rows
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.labels: list[str] | None = None
+        if labels is not None:
+            self._set_labels([str(x) for x in labels], given=True)
+        self._labels_given = labels is not None
+        self._tokenizer: Any = None
+        self._raw: dict[str, tuple[list[str], list[str] | None, list[Any], RowLocator]] = {}
+        self._sets: dict[str, EncodedDataset] = {}
+
+    # ------------------------------------------------------------------------- labels
+
+    def _set_labels(self, labels: list[str], given: bool = False) -> None:
+        if self.problem_type == "regression":
+            self.labels = [self.label_column]
+        else:
+            if len(set(labels)) != len(labels):
+                raise BertlabError(f"the label list {shown_labels(labels)} repeats a label")
+            if self.problem_type == "single_label" and len(labels) < 2:
+                what = (
+                    "the given labels have"
+                    if given
+                    else f"{self.files['train']}: column {self.label_column!r} has"
+                )
+                raise BertlabError(
+                    f"{what} only {len(labels)} distinct value(s) {shown_labels(labels)}; "
+                    "single-label classification needs at least two"
+                )
+            if not labels:
+                raise BertlabError(f"{self.files['train']}: no labels in column {self.label_column!r}")
+            self.labels = list(labels)
+        self.label_to_id = {x: i for i, x in enumerate(self.labels)}
+
+    @property
+    def num_labels(self) -> int:
+        if self.labels is None:
+            self.prepare_labels()
+        assert self.labels is not None
+        return len(self.labels)
+
+    def prepare_labels(self) -> list[str]:
+        """The label set (read from the training file on first use)."""
+        if self.labels is None:
+            _, _, values, _ = self._read("train")
+            if self.problem_type == "multi_label":
+                self._set_labels(sort_labels([x for row in values for x in row]))
+            else:
+                self._set_labels(sort_labels(values) if self.problem_type == "single_label" else [])
+        assert self.labels is not None
+        return self.labels
+
+    # ------------------------------------------------------------------------ reading
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.tokenizer_dir)
+        return self._tokenizer
+
+    def _read(self, split: str) -> tuple[list[str], list[str] | None, list[Any], RowLocator]:
+        """(texts, pair texts or None, parsed labels, locator) of a split, checked row by row."""
+        if split in self._raw:
+            return self._raw[split]
+        if self.hub:
+            ds, where, path = self._read_hub(split)
+        else:
+            path = self.files[split]
+            if path is None:
+                raise BertlabError(f"data.{split}_file is not set")
+            ds, where = read_table_with_locations(path, cache_dir=self.cache_dir, **self.read_options)
+        require_columns(
+            ds,
+            path,
+            {
+                "text_column": self.text_column,
+                "text_pair_column": self.text_pair_column,
+                "label_column": self.label_column,
+            },
+        )
+        if split == "train" and self.limit_train_rows is not None:
+            ds = ds.select(range(min(self.limit_train_rows, len(ds))))
+        if len(ds) == 0:
+            raise BertlabError(f"{path}: the table has no rows")
+        texts = self._texts(ds[self.text_column], self.text_column, where)
+        pairs = None
+        if self.text_pair_column is not None:
+            pairs = self._texts(ds[self.text_pair_column], self.text_pair_column, where)
+        values = parse_labels(
+            ds[self.label_column], self.problem_type, self.label_column, self.label_separator, where
+        )
+        self._raw[split] = (texts, pairs, values, where)
+        return self._raw[split]
+
+    def _read_hub(self, split: str) -> tuple[datasets.Dataset, RowLocator, str]:
+        """A split of a ``datasets`` dataset by name (``data.hub``): the real loading code; offline
+        it works on local builders (``csv``, ``json``, ``parquet`` with ``data_files``) and caches."""
+        hub = self.hub
+        split_name = self.files[split]  # with a hub dataset, the *_file keys name its splits
+        if split_name is None:
+            raise BertlabError(f"data.{split}_file is not set (the name of the hub dataset's {split} split)")
+        name = f"{hub['name']}[{split_name}]"
+        try:
+            ds = datasets.load_dataset(
+                hub["name"],
+                hub.get("config_name"),
+                split=split_name,
+                data_files=hub.get("data_files"),
+                cache_dir=self.cache_dir,
+            )
+        except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+            raise BertlabError(f"data.hub: cannot load {name}: {str(e).splitlines()[0][:300]}") from None
+        # A ClassLabel column gives its label names, in id order.
+        feature = ds.features.get(self.label_column)
+        if isinstance(feature, datasets.ClassLabel):
+            ds = ds.cast_column(self.label_column, datasets.Value("string"))
+            names = feature.names
+            ds = ds.map(lambda row: {self.label_column: names[int(row[self.label_column])]})
+        return ds, RowLocator(name, first_line=None), name
+
+    @staticmethod
+    def _texts(values: list[Any], column: str, where: RowLocator) -> list[str]:
+        out = []
+        for i, value in enumerate(values):
+            text = "" if value is None else value if isinstance(value, str) else str(value)
+            if not text.strip():
+                raise BertlabError(f"{where(i)}: empty text in column {column!r}")
+            out.append(text)
+        return out
+
+    def _label_ids(self, split: str, values: list[Any], where: RowLocator) -> list[Any]:
+        if self.problem_type == "regression":
+            return values
+        known = self.label_to_id
+        source = "the model's labels" if self._labels_given else "the training labels"
+
+        def lookup(i: int, label: str) -> int:
+            if label not in known:
+                raise BertlabError(
+                    f"{where(i)}: label {label!r} is not in {source} {shown_labels(self.labels or [])}"
+                )
+            return known[label]
+
+        if self.problem_type == "multi_label":
+            return [[lookup(i, x) for x in row] for i, row in enumerate(values)]
+        return [lookup(i, x) for i, x in enumerate(values)]
+
+    def _encode(self, texts: list[str], pairs: list[str] | None, labels: list[Any] | None) -> EncodedDataset:
+        columns: dict[str, list] = {"text": texts}
+        if pairs is not None:
+            columns["pair"] = pairs
+        if labels is not None:
+            columns["label"] = labels
+        features = {"text": datasets.Value("string")}
+        if pairs is not None:
+            features["pair"] = datasets.Value("string")
+        if labels is not None:
+            features["label"] = {
+                "single_label": datasets.Value("int64"),
+                "multi_label": datasets.List(datasets.Value("int64")),
+                "regression": datasets.Value("float32"),
+            }[self.problem_type]
+        table = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+        ids = special_token_ids(self.tokenizer)
+        with quiet_datasets():
+            encoded = table.map(
+                _encode_batch,
+                batched=True,
+                batch_size=1000,
+                fn_kwargs={
+                    "tokenizer": self.tokenizer,
+                    "max_seq_length": self.max_seq_length,
+                    "cls_id": ids["cls"],
+                    "sep_id": ids["sep"],
+                },
+                remove_columns=[c for c in ("text", "pair") if c in columns],
+                features=datasets.Features(
+                    {
+                        **({"label": features["label"]} if labels is not None else {}),
+                        "input_ids": datasets.List(datasets.Value("int32")),
+                        "a_len": datasets.Value("int32"),
+                        "length": datasets.Value("int32"),
+                    }
+                ),
+            )
+        return EncodedDataset(encoded)
+
+    def prepare_data(self) -> None:
+        pass  # nothing to download; files are read in setup
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read, check and encode the splits that ``stage`` needs (all given splits for None)."""
+        wanted = {
+            "fit": ["train", "validation"],
+            "validate": ["validation"],
+            "test": ["test"],
+            "predict": [],
+        }.get(stage or "", ["train", "validation", "test"])
+        if self.files["train"] is not None:
+            self.prepare_labels()  # the label set comes first: the other splits are checked against it
+        for split in wanted:
+            if split in self._sets or self.files[split] is None:
+                continue
+            texts, pairs, values, where = self._read(split)
+            self._sets[split] = self._encode(texts, pairs, self._label_ids(split, values, where))
+
+    @property
+    def train_set(self) -> EncodedDataset | None:
+        return self._sets.get("train")
+
+    @property
+    def val_set(self) -> EncodedDataset | None:
+        return self._sets.get("validation")
+
+    @property
+    def test_set(self) -> EncodedDataset | None:
+        return self._sets.get("test")
+
+    def collator(self) -> ClassifyCollator:
+        return ClassifyCollator(
+            special_token_ids(self.tokenizer)["pad"], self.problem_type, len(self.labels or [None])
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        assert self.train_set is not None
+        rank, world = rank_world(self.trainer)
+        if self.group_by_length:
+            sampler: ResumableSampler = LengthGroupedSampler(
+                self.train_set.lengths, self.batch_size, seed=self.seed, rank=rank, world_size=world
+            )
+        else:
+            sampler = ResumableSampler(len(self.train_set), seed=self.seed, rank=rank, world_size=world)
+        return ResumableDataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            collate_fn=self.collator(),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def _eval_loader(self, dataset: EncodedDataset) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=FixedBatchSampler(dataset.lengths, self.eval_batch_size, self.group_by_length),
+            collate_fn=self.collator(),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            self.setup("validate")
+        if self.val_set is None:
+            raise BertlabError("data.validation_file is not set")
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            self.setup("test")
+        if self.test_set is None:
+            raise BertlabError("data.test_file is not set")
+        return self._eval_loader(self.test_set)
+
+    # ------------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"labels": list(self.labels) if self.labels is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("labels") is not None and self.labels is None:
+            self._set_labels([str(x) for x in state["labels"]])
