@@ -11,7 +11,7 @@ mid-epoch on the same batch. Evaluation batches are sorted by length; every batc
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from bertlab.data.sampler import (
     ResumableSampler,
     rank_world,
 )
+from bertlab.data.splits import hold_out
 from bertlab.data.tables import (
     QUOTING,
     RowLocator,
@@ -41,6 +42,8 @@ from bertlab.data.tokenizer import load_tokenizer, special_token_ids
 from bertlab.errors import BertlabError
 
 log = logging.getLogger(__name__)
+
+Locator = Callable[[int], str]  # row index -> "file:line" (or "file: row N")
 
 __all__ = [
     "ClassifyCollator",
@@ -204,6 +207,10 @@ class ClassifyDataModule(L.LightningDataModule):
     values as text, sorted (numerically when all are integers), in :attr:`labels`; the label id of a
     row is its position there. ``problem_type="multi_label"`` reads a list of labels per row (a JSON
     list, or text split on ``label_separator``, "," by default); ``"regression"`` a number per row.
+
+    Without a validation file, ``validation_split`` (a fraction or a number of rows) holds validation
+    rows out of the training data, seeded and stratified by label (:mod:`bertlab.data.splits`);
+    :attr:`held_out_rows` says where they came from.
     """
 
     def __init__(
@@ -229,6 +236,7 @@ class ClassifyDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         group_by_length: bool = True,
         limit_train_rows: int | None = None,
+        validation_split: float | int | None = None,
         seed: int = 1234,
         labels: list[str] | None = None,
         cache_dir: str | None = None,
@@ -272,6 +280,7 @@ class ClassifyDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.group_by_length = group_by_length
         self.limit_train_rows = limit_train_rows
+        self.validation_split = validation_split
         self.seed = seed
         self.cache_dir = cache_dir
         self.labels: list[str] | None = None
@@ -279,7 +288,9 @@ class ClassifyDataModule(L.LightningDataModule):
             self._set_labels([str(x) for x in labels], given=True)
         self._labels_given = labels is not None
         self._tokenizer: Any = None
-        self._raw: dict[str, tuple[list[str], list[str] | None, list[Any], RowLocator]] = {}
+        self._raw: dict[str, tuple[list[str], list[str] | None, list[Any], Locator]] = {}
+        # where the held-out validation rows come from ("file:line"), when validation_split is used
+        self.held_out_rows: list[str] = []
         self._sets: dict[str, EncodedDataset] = {}
 
     # ------------------------------------------------------------------------- labels
@@ -331,10 +342,34 @@ class ClassifyDataModule(L.LightningDataModule):
             self._tokenizer = load_tokenizer(self.tokenizer_dir)
         return self._tokenizer
 
-    def _read(self, split: str) -> tuple[list[str], list[str] | None, list[Any], RowLocator]:
+    def _read(self, split: str) -> tuple[list[str], list[str] | None, list[Any], Locator]:
         """(texts, pair texts or None, parsed labels, locator) of a split, checked row by row."""
-        if split in self._raw:
-            return self._raw[split]
+        if split not in self._raw:
+            if split in ("train", "validation") and self.holds_out:
+                self._hold_out()
+            else:
+                self._raw[split] = self._read_file(split)
+        return self._raw[split]
+
+    @property
+    def holds_out(self) -> bool:
+        """Whether validation rows are held out of the training data (no validation file given)."""
+        return self.files["validation"] is None and self.validation_split is not None
+
+    def _hold_out(self) -> None:
+        texts, pairs, values, where = self._read_file("train")
+        strata = values if self.problem_type == "single_label" else None
+        split = hold_out(len(texts), self.validation_split, self.seed, strata)
+        self.held_out_rows = [where(i) for i in split.validation]
+        for name, rows in (("train", split.train), ("validation", split.validation)):
+            self._raw[name] = (
+                [texts[i] for i in rows],
+                None if pairs is None else [pairs[i] for i in rows],
+                [values[i] for i in rows],
+                where.subset(rows),
+            )
+
+    def _read_file(self, split: str) -> tuple[list[str], list[str] | None, list[Any], RowLocator]:
         if self.hub:
             ds, where, path = self._read_hub(split)
         else:
@@ -362,8 +397,7 @@ class ClassifyDataModule(L.LightningDataModule):
         values = parse_labels(
             ds[self.label_column], self.problem_type, self.label_column, self.label_separator, where
         )
-        self._raw[split] = (texts, pairs, values, where)
-        return self._raw[split]
+        return texts, pairs, values, where
 
     def _read_hub(self, split: str) -> tuple[datasets.Dataset, RowLocator, str]:
         """A split of a ``datasets`` dataset by name (``data.hub``): the real loading code; offline
@@ -392,7 +426,7 @@ class ClassifyDataModule(L.LightningDataModule):
         return ds, RowLocator(name, first_line=None), name
 
     @staticmethod
-    def _texts(values: list[Any], column: str, where: RowLocator) -> list[str]:
+    def _texts(values: list[Any], column: str, where: Locator) -> list[str]:
         out = []
         for i, value in enumerate(values):
             text = "" if value is None else value if isinstance(value, str) else str(value)
@@ -401,7 +435,7 @@ class ClassifyDataModule(L.LightningDataModule):
             out.append(text)
         return out
 
-    def _label_ids(self, split: str, values: list[Any], where: RowLocator) -> list[Any]:
+    def _label_ids(self, split: str, values: list[Any], where: Locator) -> list[Any]:
         if self.problem_type == "regression":
             return values
         known = self.label_to_id
@@ -472,7 +506,9 @@ class ClassifyDataModule(L.LightningDataModule):
         if self.files["train"] is not None:
             self.prepare_labels()  # the label set comes first: the other splits are checked against it
         for split in wanted:
-            if split in self._sets or self.files[split] is None:
+            if split in self._sets or (
+                self.files[split] is None and not (split == "validation" and self.holds_out)
+            ):
                 continue
             texts, pairs, values, where = self._read(split)
             self._sets[split] = self._encode(texts, pairs, self._label_ids(split, values, where))

@@ -27,11 +27,24 @@ _SPACES = re.compile(r"[ \t]+")
 
 
 class Sentence(NamedTuple):
-    """Words and tags of one sentence; word ``i`` sits on line ``first_line + i`` of the file."""
+    """Words and tags of one sentence. In a CoNLL file word ``i`` sits on line ``first_line + i`` of
+    ``path``; a sentence that is one row of a table (JSON lines, a hub dataset) has ``row`` set to
+    where that row is (``"file:line"``), and its words are named by their place in it."""
 
     words: list[str]
     tags: list[str]
     first_line: int
+    path: str = ""
+    row: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """Where the sentence starts: ``file:line`` (or its row)."""
+        return self.row if self.row is not None else f"{self.path}:{self.first_line}"
+
+    def where(self, i: int) -> str:
+        """Where word ``i`` is, for error messages."""
+        return f"{self.row}, word {i + 1}" if self.row is not None else f"{self.path}:{self.first_line + i}"
 
 
 def _decode(path: Path) -> str:
@@ -75,7 +88,7 @@ def read_conll(
     def flush() -> None:
         nonlocal words, tags
         if words:
-            sentences.append(Sentence(words, tags, first))
+            sentences.append(Sentence(words, tags, first, str(path)))
         words, tags = [], []
 
     for lineno, raw in enumerate(text.split("\n"), start=1):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -31,6 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 from bertlab.constants import IGNORE_INDEX
 from bertlab.data.conll import Sentence, read_conll
 from bertlab.data.sampler import FixedBatchSampler, LengthGroupedSampler, ResumableDataLoader, rank_world
+from bertlab.data.splits import hold_out
+from bertlab.data.tables import read_table_with_locations
 from bertlab.data.tokenizer import load_tokenizer, special_token_ids
 from bertlab.errors import BertlabError
 from bertlab.tagging import canonical_scheme, check_tag
@@ -213,11 +216,16 @@ class NerCollator:
 
 
 class NerDataModule(L.LightningDataModule):
-    """CoNLL train / validation / test files as batches of windows for token classification.
+    """Tagged train / validation / test sentences as batches of windows for token classification.
 
+    The files are CoNLL (a token and its tag per line), or JSON / JSON lines with a list of tokens
+    (``tokens_column``) and a list of tags (``tags_column``) per row; with ``hub`` the ``*_file``
+    settings name the splits of a ``datasets`` dataset (tags as text or ``ClassLabel`` ids).
     The label set is the training file's tags, sorted with ``O`` first, unless ``labels`` is given
     (fine-tuning a model that already has one). A validation or test tag outside it is an error.
     ``scheme`` (IOB1, IOB2/BIO, IOE1, IOE2, IOBES/BIOES, BILOU, BMES) is checked on every tag.
+    Without a validation file, ``validation_split`` (a fraction or a number of sentences) holds
+    sentences out of the training data, seeded (:mod:`bertlab.data.splits`).
     """
 
     def __init__(
@@ -240,6 +248,10 @@ class NerDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         seed: int = 1234,
         labels: list[str] | None = None,
+        validation_split: float | int | None = None,
+        tokens_column: str = "tokens",
+        tags_column: str = "tags",
+        hub: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         try:
@@ -269,6 +281,16 @@ class NerDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.seed = seed
+        self.validation_split = validation_split
+        self.tokens_column = tokens_column
+        self.tags_column = tags_column
+        self.hub = dict(hub) if hub else None
+        if self.hub and not self.hub.get("name"):
+            raise BertlabError(
+                "data.hub.name is not set: name a datasets dataset, e.g. data.hub.name=wnut_17"
+            )
+        # where the held-out validation sentences come from, when validation_split is used
+        self.held_out_rows: list[str] = []
         self._given_labels = list(labels) if labels is not None else None
         self._labels: list[str] | None = None
         self._sentences: dict[str, list[Sentence]] = {}
@@ -279,19 +301,90 @@ class NerDataModule(L.LightningDataModule):
 
     def _read(self, split: str) -> list[Sentence]:
         if split not in self._sentences:
-            path = self.files.get(split)
-            if not path:
-                raise BertlabError(f"data.{split}_file is not set")
-            sentences = read_conll(path, self.token_column, self.tag_column, self.delimiter)
-            for s in sentences:
-                for i, tag in enumerate(s.tags):
-                    if not check_tag(tag, self.scheme):
-                        raise BertlabError(
-                            f"{path}:{s.first_line + i}: tag {tag!r} is not a {self.scheme} tag "
-                            "(expected O or PREFIX-TYPE); set data.scheme to match the file"
-                        )
-            self._sentences[split] = sentences
+            if split in ("train", "validation") and self.holds_out:
+                sentences = self._read_file("train")
+                held = hold_out(len(sentences), self.validation_split, self.seed)
+                self._sentences["train"] = [sentences[i] for i in held.train]
+                self._sentences["validation"] = [sentences[i] for i in held.validation]
+                self.held_out_rows = [sentences[i].origin for i in held.validation]
+            else:
+                self._sentences[split] = self._read_file(split)
         return self._sentences[split]
+
+    @property
+    def holds_out(self) -> bool:
+        """Whether validation sentences are held out of the training data (no validation file given)."""
+        return not self.files.get("validation") and self.validation_split is not None
+
+    def _read_file(self, split: str) -> list[Sentence]:
+        name = self.files.get(split)
+        if not name:
+            raise BertlabError(f"data.{split}_file is not set")
+        if self.hub:
+            sentences = self._read_hub(split, str(name))
+        elif Path(name).suffix.lower() in (".json", ".jsonl"):
+            sentences = self._read_table(Path(name))
+        else:
+            sentences = read_conll(name, self.token_column, self.tag_column, self.delimiter)
+        for s in sentences:
+            for i, tag in enumerate(s.tags):
+                if not check_tag(tag, self.scheme):
+                    raise BertlabError(
+                        f"{s.where(i)}: tag {tag!r} is not a {self.scheme} tag "
+                        "(expected O or PREFIX-TYPE); set data.scheme to match the file"
+                    )
+        return sentences
+
+    def _sentences_of(
+        self, rows: Any, where: Any, source: str, tag_names: list[str] | None
+    ) -> list[Sentence]:
+        """Sentences from the token and tag columns of a table's rows (tags as text, or as ids)."""
+        for column, option in ((self.tokens_column, "tokens_column"), (self.tags_column, "tags_column")):
+            if column not in rows.column_names:
+                raise BertlabError(
+                    f"{source}: no column {column!r} (set by data.{option}); the columns are {rows.column_names}"
+                )
+        out = []
+        for i, (words, tags) in enumerate(zip(rows[self.tokens_column], rows[self.tags_column])):
+            row = where(i)
+            if not isinstance(words, list) or not isinstance(tags, list):
+                raise BertlabError(f"{row}: {self.tokens_column!r} and {self.tags_column!r} must be lists")
+            if len(words) != len(tags):
+                raise BertlabError(f"{row}: {len(words)} tokens but {len(tags)} tags")
+            if tag_names is not None:
+                tags = [tag_names[int(t)] for t in tags]
+            words, tags = [str(w) for w in words], [str(t).strip() for t in tags]
+            for j, (word, tag) in enumerate(zip(words, tags)):
+                if word == "" or tag == "":
+                    raise BertlabError(f"{row}, word {j + 1}: empty {'token' if word == '' else 'tag'}")
+            if words:
+                out.append(Sentence(words, tags, 0, source, row))
+        if not out:
+            raise BertlabError(f"{source}: no sentences")
+        return out
+
+    def _read_table(self, path: Path) -> list[Sentence]:
+        """JSON lines (or a JSON array) with a list of tokens and a list of tags per row."""
+        rows, where = read_table_with_locations(path)
+        return self._sentences_of(rows, where, str(path), None)
+
+    def _read_hub(self, split: str, split_name: str) -> list[Sentence]:
+        """A split of a ``datasets`` dataset (``data.hub``): the real loading code; tags given as
+        ``ClassLabel`` ids are read by their names."""
+        import datasets
+
+        hub = self.hub
+        name = f"{hub['name']}[{split_name}]"
+        try:
+            rows = datasets.load_dataset(
+                hub["name"], hub.get("config_name"), split=split_name, data_files=hub.get("data_files")
+            )
+        except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+            raise BertlabError(f"data.hub: cannot load {name}: {str(e).splitlines()[0][:300]}") from None
+        feature = rows.features.get(self.tags_column)
+        inner = getattr(feature, "feature", None)
+        tag_names = list(inner.names) if isinstance(inner, datasets.ClassLabel) else None
+        return self._sentences_of(rows, lambda i: f"{name}: row {i + 1}", name, tag_names)
 
     @property
     def labels(self) -> list[str]:
@@ -333,7 +426,6 @@ class NerDataModule(L.LightningDataModule):
     def _build(self, split: str) -> list[Window]:
         sentences = self._read(split)
         label_to_id = self.label_to_id
-        path = self.files[split]
         tok = load_tokenizer(self.tokenizer_dir)
         ids = special_token_ids(tok)
         self._pad_id = ids["pad"]
@@ -345,7 +437,7 @@ class NerDataModule(L.LightningDataModule):
                 if tag not in label_to_id:
                     where = "the training file" if self._given_labels is None else "data.labels"
                     raise BertlabError(
-                        f"{path}:{s.first_line + i}: tag {tag!r} is not in the label set of {where} "
+                        f"{s.where(i)}: tag {tag!r} is not in the label set of {where} "
                         f"({', '.join(self.labels)})"
                     )
                 label_ids.append(label_to_id[tag])
@@ -382,7 +474,7 @@ class NerDataModule(L.LightningDataModule):
             stage or "", list(SPLITS)
         )
         for split in wanted:
-            if self.files.get(split):
+            if self.files.get(split) or (split == "validation" and self.holds_out):
                 self.windows(split)
 
     def _collator(self) -> NerCollator:
@@ -416,7 +508,7 @@ class NerDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader | list:
-        if not self.files.get("validation"):
+        if not self.files.get("validation") and not self.holds_out:
             return []
         return self._eval_loader("validation")
 

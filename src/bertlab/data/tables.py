@@ -20,7 +20,7 @@ import csv
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,10 @@ class RowLocator:
     def __call__(self, i: int) -> str:
         line = self.line(i)
         return f"{self.path}: row {i + 1}" if line is None else f"{self.path}:{line}"
+
+    def subset(self, indices: Sequence[int]) -> Callable[[int], str]:
+        """The locator of a subset of the rows (row ``j`` of the subset is row ``indices[j]``)."""
+        return lambda j: self(int(indices[j]))
 
 
 def detect_format(path: str | Path, format: str | None = None) -> str:

@@ -42,10 +42,8 @@ import contextlib
 import io
 import logging
 import math
-import os
 import tempfile
 import types
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -55,8 +53,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bertlab.encoder.bert import BertEncoder, SelfAttention
+from bertlab.encoder.bert import BertConfig, BertEncoder, SelfAttention
 from bertlab.errors import BertlabError
+from bertlab.io import atomic_write
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_OPSET = 14  # what the optimizer was written against; 17, 18 and 20 fuse the same (torch 2.13)
@@ -64,6 +63,8 @@ DEFAULT_OPSET = 14  # what the optimizer was written against; 17, 18 and 20 fuse
 # -10000 is its default value, so the fused op needs no mask_filter_value attribute.
 MASK_FILL = -10000.0
 GELU_OPS = ("Gelu", "BiasGelu", "FastGelu", "GemmFastGelu")
+# the fused operators a BERT graph gets (what onnx.json reports)
+FUSED_OPS = ("Attention", "EmbedLayerNormalization", "SkipLayerNormalization", *GELU_OPS)
 
 
 # --- the export-only math path -------------------------------------------------------------------
@@ -304,10 +305,7 @@ def export_optimized_onnx(
     from onnxruntime.transformers.optimizer import optimize_model
 
     path = Path(path)
-    encoders = [m for m in model.modules() if isinstance(m, BertEncoder)]
-    if len(encoders) != 1:
-        raise BertlabError(f"fused ONNX export: expected one BertEncoder in the model, found {len(encoders)}")
-    config = encoders[0].config
+    config = encoder_config(model)
     if (num_heads, hidden_size) != (config.num_heads, config.hidden_size):
         raise BertlabError(
             f"fused ONNX export: num_heads={num_heads}, hidden_size={hidden_size} but the encoder has "
@@ -363,6 +361,14 @@ def export_optimized_onnx(
     finally:
         model.train(was_training)
     return counts
+
+
+def encoder_config(model: nn.Module) -> BertConfig:
+    """The config of the one :class:`BertEncoder` inside ``model``."""
+    encoders = [m for m in model.modules() if isinstance(m, BertEncoder)]
+    if len(encoders) != 1:
+        raise BertlabError(f"fused ONNX export: expected one BertEncoder in the model, found {len(encoders)}")
+    return encoders[0].config
 
 
 def _check_sample(sample: Mapping[str, np.ndarray], max_positions: int) -> dict[str, np.ndarray]:
@@ -433,14 +439,9 @@ def _torchscript_export(
 
 
 def _replace(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst`` atomically (through a temporary file beside ``dst``)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.write_bytes(src.read_bytes())
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Copy ``src`` to ``dst`` atomically (``src`` lives in a temporary directory, maybe on another
+    file system, so it is copied under a temporary name beside ``dst`` and renamed)."""
+    atomic_write(dst, lambda f: f.write(src.read_bytes()))
 
 
 @contextlib.contextmanager
@@ -458,7 +459,9 @@ def _quiet() -> Iterator[None]:
 
 __all__ = [
     "DEFAULT_OPSET",
+    "FUSED_OPS",
     "INPUT_NAMES",
+    "encoder_config",
     "export_optimized_onnx",
     "fusable_forward",
     "fusion_problems",

@@ -14,6 +14,13 @@ second batch shape) go through onnxruntime and through PyTorch, and every output
 into place; on any failure nothing is left behind. ``quantize="int8"`` also writes
 ``model.int8.onnx`` (onnxruntime's dynamic quantization), checked by how often its argmax agrees
 with PyTorch's.
+
+``optimize=True`` writes, in place of the dynamo graph, the fully fused graph of
+:mod:`bertlab.export.fused` (the same weights through the TorchScript exporter and onnxruntime's
+BERT optimizer: Attention in every layer, EmbedLayerNormalization, SkipLayerNormalization, a fused
+GELU). It is checked exactly as the plain graph is (``atol`` on the same batches), it must be fused
+completely, and ``onnx.json`` records its operator counts; int8 then quantizes the fused graph
+(QAttention, QEmbedLayerNormalization, MatMulInteger).
 """
 
 from __future__ import annotations
@@ -41,9 +48,13 @@ INT8_FILE = "model.int8.onnx"
 INFO_FILE = "onnx.json"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_OPSET = 18
+# the fused graph's exporter (TorchScript) and the optimizer's patterns were written against opset 14
+OPTIMIZED_OPSET = 14
 FP32_ATOL = 1e-4
 INT8_MIN_AGREEMENT = 0.9
 QUANTIZE_CHOICES = ("int8",)
+# 7-bit weights: see docs/benchmarks.md (measured on SST-2 with and without)
+INT8_REDUCE_RANGE = False
 
 # Texts for the check when the caller gives none: different lengths (padding inside the batch), a
 # pair (token type 1), CJK characters.
@@ -189,8 +200,9 @@ def export_onnx(
     batches: Sequence[dict[str, np.ndarray]],
     *,
     max_positions: int,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     quantize: str | None = None,
+    optimize: bool = False,
     threads: int | None = 1,
     atol: float = FP32_ATOL,
     int8_min_agreement: float = INT8_MIN_AGREEMENT,
@@ -200,21 +212,28 @@ def export_onnx(
     ``out_dir``, an HF export directory that already holds the tokenizer and label maps.
 
     ``batches``: the check inputs, as the task encodes real texts (the first one padded, of several
-    lengths). The files are written only when the onnxruntime check passes; otherwise
-    :class:`BertlabError` is raised and ``out_dir`` is unchanged. Returns what goes into ``onnx.json``.
+    lengths). ``optimize``: the fully fused graph (:mod:`bertlab.export.fused`) instead of the dynamo
+    export. ``opset``: default 18, or 14 with ``optimize``. The files are written only when the
+    onnxruntime check passes; otherwise :class:`BertlabError` is raised and ``out_dir`` is unchanged.
+    Returns what goes into ``onnx.json``.
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise BertlabError(f"ONNX export: {out_dir} is not a directory")
     if quantize not in (None, *QUANTIZE_CHOICES):
         raise BertlabError(f"ONNX export: quantize={quantize!r} is not one of {', '.join(QUANTIZE_CHOICES)}")
+    opset = int(opset or (OPTIMIZED_OPSET if optimize else DEFAULT_OPSET))
     graph = graph.eval()
     if not batches or int(batches[0]["attention_mask"].min()) == 1 or batches[0]["input_ids"].shape[1] < 2:
         raise BertlabError("ONNX export: the check needs texts of different lengths (a padded batch)")
     started = time.time()
     tmp, tmp_int8, info_tmp = (temporary_name(out_dir / name) for name in (ONNX_FILE, INT8_FILE, INFO_FILE))
     try:
-        _export_file(graph, batches[0], tmp, opset, max_positions)
+        fused_info = None
+        if optimize:
+            fused_info = _export_fused(graph, batches[0], tmp, opset, max_positions)
+        else:
+            _export_file(graph, batches[0], tmp, opset, max_positions)
         check = check_onnx(make_session(tmp, threads), graph, batches)
         worst = max(check["max_abs_diff"].values())
         if not worst <= atol:
@@ -225,7 +244,8 @@ def export_onnx(
         info: dict[str, Any] = {
             "file": ONNX_FILE,
             "opset": opset,
-            "exporter": "torch.onnx.export(dynamo=True)",
+            "exporter": FUSED_EXPORTER if optimize else "torch.onnx.export(dynamo=True)",
+            "optimized": fused_info,
             "inputs": {name: ["batch", "seq"] for name in INPUT_NAMES},
             "outputs": list(graph.output_names),
             "max_positions": max_positions,
@@ -249,6 +269,37 @@ def export_onnx(
             leftover.unlink(missing_ok=True)
 
 
+FUSED_EXPORTER = "torch.onnx.export(dynamo=False) + onnxruntime.transformers.optimize_model(bert)"
+
+
+def _export_fused(
+    graph: OnnxGraph, sample: dict[str, np.ndarray], path: Path, opset: int, max_positions: int
+) -> dict[str, Any]:
+    """The fully fused graph at ``path``; returns what onnx.json says of the fusion. Not fused in every
+    layer is an error: the caller asked for the optimized graph, and a partly fused one is slower
+    without saying so."""
+    from bertlab.export.fused import FUSED_OPS, encoder_config, export_optimized_onnx
+
+    config = encoder_config(graph.model)
+    counts = export_optimized_onnx(
+        graph.model,
+        sample,
+        path,
+        num_heads=config.num_heads,
+        hidden_size=config.hidden_size,
+        output_names=graph.output_names,
+        opset=opset,
+        max_positions=max_positions,
+        atol=None,  # checked by the caller, on every batch, as the plain graph is
+        require_full_fusion=True,
+    )
+    return {
+        "layers": config.num_layers,
+        "fused_ops": {op: counts[op] for op in FUSED_OPS if counts.get(op)},
+        "op_counts": counts,
+    }
+
+
 def _quantize_int8(
     fp32: Path,
     out: Path,
@@ -257,12 +308,11 @@ def _quantize_int8(
     threads: int | None,
     min_agreement: float,
 ) -> dict[str, Any]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from bertlab.export.fused import quantize_int8
 
     try:
-        with _quiet():
-            # per-channel weight scales: on SST-2 (MiniLM) per-tensor lost 1.4 points of dev accuracy
-            quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True)
+        # per-channel weight scales: on SST-2 (MiniLM) per-tensor lost 1.4 points of dev accuracy
+        counts = quantize_int8(fp32, out, reduce_range=INT8_REDUCE_RANGE)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise BertlabError(f"int8 quantization of {fp32.parent} failed: {first[:200]}") from None
@@ -273,8 +323,14 @@ def _quantize_int8(
             f"{check['argmax_agreement']:.1%} of {check['decisions']} decisions (need {min_agreement:.0%}); "
             "nothing written"
         )
-    return {"file": INT8_FILE, "method": "onnxruntime.quantization.quantize_dynamic(QInt8, per_channel)",
-            "min_agreement": min_agreement, **check}  # fmt: skip
+    method = (
+        f"onnxruntime.quantization.quantize_dynamic(QInt8, per_channel, reduce_range={INT8_REDUCE_RANGE})"
+    )
+    quantized = {
+        op: n for op, n in counts.items() if op.startswith(("Q", "MatMulInteger", "DynamicQuantize"))
+    }
+    return {"file": INT8_FILE, "method": method, "min_agreement": min_agreement,
+            "quantized_ops": quantized, **check}  # fmt: skip
 
 
 def _versions() -> dict[str, str]:
@@ -292,9 +348,11 @@ def read_info(export_dir: str | Path) -> dict[str, Any]:
 
 __all__ = [
     "CHECK_TEXTS",
+    "DEFAULT_OPSET",
     "INFO_FILE",
     "INT8_FILE",
     "ONNX_FILE",
+    "OPTIMIZED_OPSET",
     "OnnxGraph",
     "check_onnx",
     "export_onnx",

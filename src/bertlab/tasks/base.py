@@ -41,12 +41,12 @@ from bertlab.errors import BertlabError
 from bertlab.export.hf import write_hf_dir
 from bertlab.export.onnx import (
     CHECK_TEXTS,
-    DEFAULT_OPSET,
     FP32_ATOL,
     INT8_MIN_AGREEMENT,
     OnnxGraph,
     export_onnx,
 )
+from bertlab.export.pt2 import export_pt2
 from bertlab.inference import Backend, OnnxBackend, Predictor, TorchBackend
 from bertlab.io import directory_digest
 from bertlab.pretrained import Pretrained, load_encoder_weights, load_pretrained
@@ -60,6 +60,7 @@ __all__ = [
     "Task",
     "TaskModule",
     "export_onnx_beside",
+    "export_pt2_beside",
     "load_model",
     "load_predictor",
     "model_config",
@@ -427,18 +428,11 @@ def load_predictor(
     return task.predictor(model, tokenizer, runner, length, batch_size)
 
 
-def export_onnx_beside(
-    path: str | Path,
-    quantize: str | None = None,
-    opset: int = DEFAULT_OPSET,
-    threads: int | None = 1,
-    check_texts: Sequence[str] | None = None,
-    max_seq_length: int = 128,
-    atol: float = FP32_ATOL,
-    int8_min_agreement: float = INT8_MIN_AGREEMENT,
-) -> tuple[Path, dict[str, Any]]:
-    """Export the model of a run or export directory to ``<export dir>/model.onnx``, checked against
-    PyTorch on ``check_texts`` encoded as the task encodes them; returns (export dir, onnx.json)."""
+def _export_inputs(
+    path: str | Path, check_texts: Sequence[str] | None, max_seq_length: int, what: str
+) -> tuple[Path, Task, nn.Module, Pretrained, list[dict[str, np.ndarray]], dict[str, Any]]:
+    """What every checked export of a run or export directory needs: (export dir, task, model, what
+    was read, the check batches the task encodes from ``check_texts``, metadata for the info json)."""
     path = Path(path).expanduser()
     export_dir = runs.export_dir(path) if runs.is_run_dir(path) else path
     if export_dir is None:
@@ -454,21 +448,64 @@ def export_onnx_beside(
     length = min(int(max_seq_length), pretrained.config.max_position_embeddings)
     texts = list(check_texts or CHECK_TEXTS)
     if len(texts) < 2:
-        raise BertlabError("ONNX export: the check needs at least two texts (a padded batch)")
+        raise BertlabError(f"{what}: the check needs at least two texts (a padded batch)")
     metadata = {
         "task": task.metadata(),
         "weights_digest": directory_digest(export_dir, ["model.safetensors"]),
     }
+    return export_dir, task, model, pretrained, task.check_batches(tokenizer, texts, length), metadata
+
+
+def export_onnx_beside(
+    path: str | Path,
+    quantize: str | None = None,
+    opset: int | None = None,
+    threads: int | None = 1,
+    check_texts: Sequence[str] | None = None,
+    max_seq_length: int = 128,
+    atol: float = FP32_ATOL,
+    int8_min_agreement: float = INT8_MIN_AGREEMENT,
+    optimize: bool = False,
+) -> tuple[Path, dict[str, Any]]:
+    """Export the model of a run or export directory to ``<export dir>/model.onnx``, checked against
+    PyTorch on ``check_texts`` encoded as the task encodes them; returns (export dir, onnx.json).
+    ``optimize``: the fully fused graph (onnxruntime's BERT fusions) instead of the dynamo export."""
+    export_dir, task, model, pretrained, batches, metadata = _export_inputs(
+        path, check_texts, max_seq_length, "ONNX export"
+    )
     info = export_onnx(
         OnnxGraph(model, task.output_names),
         export_dir,
-        task.check_batches(tokenizer, texts, length),
+        batches,
         max_positions=pretrained.config.max_position_embeddings,
         opset=opset,
         quantize=quantize,
+        optimize=optimize,
         threads=threads,
         atol=atol,
         int8_min_agreement=int8_min_agreement,
+        metadata=metadata,
+    )
+    return export_dir, info
+
+
+def export_pt2_beside(
+    path: str | Path,
+    check_texts: Sequence[str] | None = None,
+    max_seq_length: int = 128,
+    atol: float = FP32_ATOL,
+) -> tuple[Path, dict[str, Any]]:
+    """Export the model of a run or export directory to ``<export dir>/model.pt2`` (a ``torch.export``
+    ExportedProgram), checked against eager PyTorch like the ONNX file; returns (export dir, pt2.json)."""
+    export_dir, task, model, pretrained, batches, metadata = _export_inputs(
+        path, check_texts, max_seq_length, "torch.export"
+    )
+    info = export_pt2(
+        OnnxGraph(model, task.output_names),
+        export_dir,
+        batches,
+        max_positions=pretrained.config.max_position_embeddings,
+        atol=atol,
         metadata=metadata,
     )
     return export_dir, info

@@ -276,6 +276,11 @@ class ClassifyTask(Task):
 
     def summary(self, job: Job) -> dict[str, Any]:
         out: dict[str, Any] = {"labels": self.labels}
+        if job.datamodule.held_out_rows:  # no validation file: where the validation rows came from
+            out["validation_split"] = {
+                "size": len(job.datamodule.held_out_rows),
+                "rows": job.datamodule.held_out_rows,
+            }
         if getattr(job.module, "last_confusion", None) is not None:
             out["reports"] = {"confusion": job.module.last_confusion}
         return out

@@ -334,6 +334,11 @@ class NerTask(Task):
 
     def summary(self, job: Job) -> dict[str, Any]:
         out: dict[str, Any] = {"labels": self.labels}
+        if job.datamodule.held_out_rows:  # no validation file: where the validation rows came from
+            out["validation_split"] = {
+                "size": len(job.datamodule.held_out_rows),
+                "rows": job.datamodule.held_out_rows,
+            }
         if job.module.last_entity_report:
             out["reports"] = {"entity_report": job.module.last_entity_report}
         return out
