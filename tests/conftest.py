@@ -45,9 +45,9 @@ def bertlab_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def compose_cfg(bertlab_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
-    """compose_cfg(overrides) -> the real train.yaml, composed, with the run dir in tmp_path."""
+    """compose_cfg(overrides) -> the real train.yaml, composed, with the run dir ``tmp_path/<run>``."""
 
-    def _compose(overrides: list[str] | None = None, shrink: bool = True) -> DictConfig:
+    def _compose(overrides: list[str] | None = None, shrink: bool = True, run: str = "run") -> DictConfig:
         overrides = list(overrides or [])
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -61,8 +61,8 @@ def compose_cfg(bertlab_root: Path, tmp_path: Path) -> Callable[..., DictConfig]
                     if key not in given and OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
                         OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
             cfg.paths.root_dir = str(bertlab_root)
-            cfg.paths.output_dir = str(tmp_path / "run")
-            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+            cfg.paths.output_dir = str(tmp_path / run)
+            cfg.hydra.runtime.output_dir = str(tmp_path / run)
             cfg.hydra.job.num = 0
         HydraConfig.instance().set_config(cfg)
         return cfg

@@ -315,6 +315,82 @@ def test_input_checks_and_half_precision() -> None:
     assert crf.log_partition(torch.zeros(1, 3, 2)).item() == pytest.approx(3 * math.log(2))
 
 
+# ------------------------------------------------------------------- open rows (window pieces)
+
+
+def open_params(crf: LinearChainCRF, open_start: bool, open_end: bool) -> list[np.ndarray]:
+    """The scores of an open row, by the definition: start (end) 0 for a label that some label may
+    precede (follow), -inf for one that can be nowhere."""
+    start, trans, end = params_numpy(crf)
+    allowed = crf.allowed_transitions.numpy()
+    if open_start:
+        start = np.where(allowed.any(axis=0), 0.0, NEG_INF)
+    if open_end:
+        end = np.where(allowed.any(axis=1), 0.0, NEG_INF)
+    return [start, trans, end]
+
+
+@FAST
+@given(cases(), st.data())
+def test_open_rows_against_brute_force(case: Case, data: st.DataObject) -> None:
+    rows = len(case.lengths)
+    open_start = torch.tensor(data.draw(st.lists(st.booleans(), min_size=rows, max_size=rows)))
+    open_end = torch.tensor(data.draw(st.lists(st.booleans(), min_size=rows, max_size=rows)))
+    crf, mask = case.crf(), case.mask()
+    emissions = case.emissions().requires_grad_(True)
+    log_z = crf.log_partition(emissions, mask, open_start, open_end)
+    decoded = crf.decode(emissions, mask, open_start, open_end)
+    rng = np.random.default_rng(case.seed + 3)
+    tags = torch.full((rows, case.seq_len), -100, dtype=torch.long)
+    brute = []
+    for row, length in enumerate(case.lengths):
+        params = open_params(crf, bool(open_start[row]), bool(open_end[row]))
+        paths, scores = brute_scores(emissions[row, :length].detach().numpy(), *params)
+        brute.append((paths.tolist(), scores))
+        expected = logsumexp(scores)
+        if expected == NEG_INF:
+            assert log_z[row].item() == NEG_INF
+        else:
+            assert log_z[row].item() == pytest.approx(expected, abs=1e-5, rel=1e-9)
+            got = scores[paths.tolist().index(decoded[row])]
+            assert got == pytest.approx(scores.max(), abs=1e-9)
+        tags[row, :length] = torch.from_numpy(paths[rng.integers(len(paths))])
+    allowed = crf.allowed_paths(tags, mask, open_start, open_end)
+    likelihood = crf.log_likelihood(emissions, tags, mask, open_start, open_end)
+    for row, (length, (paths, scores)) in enumerate(zip(case.lengths, brute)):
+        score = scores[paths.index(tags[row, :length].tolist())]
+        expected = logsumexp(scores)
+        assert bool(allowed[row]) == (score > NEG_INF)
+        ll = likelihood[row].item()
+        if score == NEG_INF:
+            assert ll == NEG_INF
+        else:
+            assert ll == pytest.approx(score - expected, abs=1e-5, rel=1e-9)
+    # a training loss over allowed paths only: finite gradients everywhere
+    ok = crf.allowed_paths(tags, mask, open_start, open_end)
+    loss = crf(emissions, tags, mask & ok.unsqueeze(1), "token_mean", open_start, open_end)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(emissions.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in crf.parameters())
+
+
+def test_open_start_lets_a_window_begin_inside_an_entity() -> None:
+    labels = ["O", "B-X", "I-X", "E-X", "S-X"]
+    crf = LinearChainCRF.from_labels(labels, "IOBES")
+    inside = torch.tensor([[2, 3, 0]])  # I-X E-X O: the window starts inside an entity
+    assert crf.allowed_paths(inside).tolist() == [False]
+    assert crf.allowed_paths(inside, open_start=torch.tensor([True])).tolist() == [True]
+    open_ = torch.tensor([[0, 1]])  # O B-X: the entity goes on after the window
+    assert crf.allowed_paths(open_).tolist() == [False]
+    assert crf.allowed_paths(open_, open_end=torch.tensor([True])).tolist() == [True]
+    # A label that can be nowhere stays forbidden in an open row too.
+    foreign = LinearChainCRF.from_labels(["O", "B-X", "E-Y"], "IOB2")
+    flags = torch.tensor([True])
+    assert foreign.allowed_paths(torch.tensor([[2]]), None, flags, flags).tolist() == [False]
+    with pytest.raises(ValueError, match="open_start"):
+        crf.log_partition(torch.zeros(2, 3, 5), open_start=torch.tensor([True]))
+
+
 # ------------------------------------------------------------------------ allowed_transitions
 
 T, F = True, False

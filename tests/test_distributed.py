@@ -307,6 +307,26 @@ def test_two_processes_match_one(bertlab_root: Path, tmp_path: Path) -> None:
     assert not (bertlab_root / "logs").exists()  # the child made no run directory of its own
 
 
+def test_two_processes_match_one_with_the_crf_head(bertlab_root: Path, tmp_path: Path) -> None:
+    """NER with task.head=crf (tagged sentences, some cut into windows, an orphan I- tag): 2 processes
+    x micro-batch 2 == 1 process x micro-batch 2 x accumulation 2, the CRF's scores included (their
+    own optimizer group, used by every rank every step)."""
+    from tests.test_exact_resume import _ner_crf_args
+
+    (tmp_path / "data").mkdir()
+    args = [*_ner_crf_args(tmp_path / "data"), "data.max_seq_length=32", "data.batch_size=4",
+            "data.eval_batch_size=4", "trainer.val_check_interval=2", "trainer.max_steps=2",
+            "trainer.enable_progress_bar=false", "print_config=false", "export=false", "hardware.threads=1",
+            "model.hidden_dropout=0", "model.attention_dropout=0", "task.classifier_dropout=0"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    for run_dir, hardware in ((one, ONE), (two, TWO)):
+        proc = run_cli([*args, *hardware, f"hydra.run.dir={run_dir}"], bertlab_root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 2
+    _assert_same_weights(one, two)
+    assert _weights(one)["model.crf.transitions"].abs().max() > 0  # the CRF did learn
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("first", "then"), [(TWO, ONE), (ONE, TWO)], ids=["2to1", "1to2"])
 def test_resume_on_another_number_of_processes(bertlab_root: Path, tmp_path: Path, first, then) -> None:

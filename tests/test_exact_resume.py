@@ -28,9 +28,34 @@ TRAINER = [
 ]
 
 
+def _ner_crf_args(root: Path) -> list[str]:
+    """NER with the CRF head from random weights: tagged sentences, a few cut into windows of 32
+    pieces (windows that start inside an entity), and an orphan I- tag the loss must repair."""
+    from bertlab.data.tokenizer import train_wordpiece
+
+    words = ["anna", "carl", "paris", "oslo", "met", "in", "the", "old", "city", "today"]
+    tags = {"anna": "PER", "carl": "PER", "paris": "LOC", "oslo": "LOC"}
+    sentences = []
+    for i in range(120):
+        length = 4 + i % 5 + (30 if i % 10 == 0 else 0)
+        sentence = []
+        for k in range(length):
+            word = words[(i * 7 + k * 3) % 10]
+            sentence.append(f"{word}\t{'B-' + tags[word] if word in tags else 'O'}")
+        sentences.append("\n".join(sentence))
+    sentences[3] = "the\tO\ncarl\tI-PER\nmet\tO"
+    (root / "ner.txt").write_text("\n\n".join(sentences) + "\n")
+    if not (root / "tok_ner" / "vocab.txt").exists():
+        train_wordpiece([" ".join(words)] * 4, root / "tok_ner", vocab_size=300)
+    return ["task=ner", "task.head=crf", "data=conll", "data.stride=8", f"data.train_file={root / 'ner.txt'}",
+            f"data.validation_file={root / 'ner.txt'}", f"tokenizer.path={root / 'tok_ner'}"]  # fmt: skip
+
+
 def _task_args(task: str, root: Path) -> list[str]:
     if task == "pretrain":
         return [*TRAINER, "data.generated_documents=80", "tokenizer.vocab_size=300"]
+    if task == "ner_crf":
+        return [*TRAINER, *_ner_crf_args(root)]
     # Fine-tuning from random weights with a small tokenizer of our own, on a small table.
     from bertlab.data.tokenizer import train_wordpiece
 
@@ -66,7 +91,7 @@ def _run(args: list[str], root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["pretrain", "classify"])
+@pytest.fixture(scope="module", params=["pretrain", "classify", "ner_crf"])
 def job(request, tmp_path_factory) -> tuple[Path, list[str]]:
     """(root, arguments) of a task: one root (one tokenizer and data cache) for its reference
     and killed runs."""

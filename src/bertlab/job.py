@@ -7,6 +7,7 @@ asks it for the monitored metric, the data and module, the summary and the expor
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -24,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bertlab import runs
 from bertlab.errors import BertlabError
-from bertlab.pretrained import load_pretrained, safe_torch_load
-from bertlab.tasks.base import RunContext, Task, export_onnx_beside
+from bertlab.pretrained import Pretrained, load_pretrained, safe_torch_load
+from bertlab.schema import check_config
+from bertlab.tasks.base import MODEL_FIELDS, RunContext, Task, export_onnx_beside
 from bertlab.training.callbacks import AtomicCheckpointIO, NonFiniteGuard, RunIdentity, SaveOnInterrupt
 from bertlab.training.distributed import DistributedLayout, launch_local_ranks, step_layout, trainer_settings
 from bertlab.training.loggers import CSVLogger
@@ -41,36 +43,18 @@ def make_task(cfg: DictConfig) -> Task:
         task = hydra.utils.instantiate(cfg.task, _convert_="all")
     except Exception as e:  # an import error or a wrong setting in a user's task config
         cause = e.__cause__ or e
+        if isinstance(cause, BertlabError):
+            raise cause from None
         raise BertlabError(f"task: cannot create {cfg.task._target_}: {cause}") from None
     if not isinstance(task, Task):
         raise BertlabError(f"task: {cfg.task._target_} is not a bertlab.tasks.base.Task")
     return task
 
 
-def missing_values(cfg: DictConfig, prefix: str = "") -> list[str]:
-    """Keys of ``cfg`` (outside ``hydra``) still set to ``???``."""
-    missing = []
-    for key in cfg:
-        if key == "hydra" and not prefix:
-            continue
-        name = f"{prefix}{key}"
-        if OmegaConf.is_missing(cfg, key):
-            missing.append(name)
-        else:
-            value = cfg[key]
-            if isinstance(value, DictConfig):
-                missing.extend(missing_values(value, f"{name}."))
-    return missing
-
-
-def validate_config(cfg: DictConfig, task: Task | None = None) -> None:
-    """Checks that need no data: clear one-line errors before any work starts."""
-    task = task or make_task(cfg)
-    missing = missing_values(cfg)
-    if missing:
-        raise BertlabError(
-            f"missing required value(s): {', '.join(missing)} (set them on the command line, e.g. {missing[0]}=...)"
-        )
+def validate_config(cfg: DictConfig) -> Task:
+    """Checks that need no data: clear one-line errors before any work starts. Returns the task."""
+    check_config(cfg)  # required values, types and ranges of every section, data files
+    task = make_task(cfg)
     task.check_config(cfg)
     if cfg.model.get("init_from") is None:
         max_pos = int(cfg.model.max_position_embeddings)
@@ -89,6 +73,7 @@ def validate_config(cfg: DictConfig, task: Task | None = None) -> None:
         raise BertlabError(f"export_onnx={onnx!r} is not one of false, true, int8")
     if onnx and not cfg.get("export", True):
         raise BertlabError("export_onnx needs export=true (the ONNX file is written beside the HF export)")
+    return task
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -194,6 +179,54 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
     return loggers
 
 
+def _model_follows(cfg: DictConfig, pretrained: Pretrained) -> None:
+    """With ``model.init_from`` the encoder's shape is the pretrained model's. A ``model=`` chosen on
+    the command line that disagrees is an error (it would silently train another size); otherwise
+    ``cfg.model`` is set to the real shape, so resolved_config.yaml records what is trained."""
+    real = {k: getattr(pretrained.config, k) for k in MODEL_FIELDS}
+    differs = {k: (cfg.model.get(k), v) for k, v in real.items() if cfg.model.get(k) != v}
+    shape = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
+    if any(k in differs for k in shape) and _chosen_on_command_line("model"):
+        ours = f"L{cfg.model.num_layers}/H{cfg.model.hidden_size}"
+        theirs = f"L{real['num_layers']}/H{real['hidden_size']}"
+        raise BertlabError(
+            f"model={cfg.model.name} is {ours} but model.init_from={cfg.model.init_from} is {theirs}: "
+            "the size follows init_from; leave model= out"
+        )
+    for key, (_, value) in differs.items():
+        cfg.model[key] = value
+    if differs:
+        cfg.model.name = f"from init_from (L{real['num_layers']}/H{real['hidden_size']})"
+
+
+def _chosen_on_command_line(group: str) -> bool:
+    try:
+        return any(o.split("=", 1)[0].lstrip("+~") == group for o in HydraConfig.get().overrides.task)
+    except ValueError:  # no Hydra run (a composed config used directly)
+        return False
+
+
+def _evaluate_only(cfg: DictConfig, task: Task, pretrained: Pretrained | None) -> None:
+    """``train=false``: the model to score is ``model.init_from``, a model of this task, read with its
+    own label set (the data must not renumber the labels)."""
+    if pretrained is None:
+        raise BertlabError(
+            "train=false scores a trained model: set model.init_from=<run dir | export | .ckpt> "
+            "(or run bertlab-train evaluate=<run dir>)"
+        )
+    trained = (pretrained.metadata.get("task") or {}).get("_target_")
+    mine = f"{type(task).__module__}.{type(task).__qualname__}"
+    if trained != mine:
+        raise BertlabError(
+            f"train=false: {pretrained.source} is not a trained {task.name} model (its task: {trained or 'none'})"
+        )
+    labels = pretrained.metadata["task"].get("labels")
+    data_class = hydra.utils.get_class(str(cfg.data._target_))
+    if labels and "labels" in inspect.signature(data_class).parameters:
+        with open_dict(cfg):
+            cfg.data.labels = list(labels)
+
+
 def run_context(cfg: DictConfig) -> RunContext:
     """What the run decides for the task: the micro-batch, the optimizer (with the hardware's fused
     kernel choice, speed only), compilation and the cache folder."""
@@ -215,8 +248,9 @@ def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
-def print_config_tree(cfg: DictConfig, out_dir: Path) -> None:
-    """The resolved config as a tree, one branch per group, on the console and in the run dir."""
+def write_config_tree(cfg: DictConfig, out_dir: Path, show: bool = False) -> None:
+    """The resolved config as a tree, one branch per group, in ``config_tree.log`` (and on the
+    console with ``print_config=true``)."""
     from rich.console import Console
     from rich.syntax import Syntax
     from rich.tree import Tree
@@ -228,7 +262,8 @@ def print_config_tree(cfg: DictConfig, out_dir: Path) -> None:
         value = cfg[key]
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         tree.add(str(key)).add(Syntax(text.rstrip(), "yaml"))
-    Console().print(tree)
+    if show:
+        Console().print(tree)
     with (out_dir / "config_tree.log").open("w") as f:
         Console(file=f, width=100, color_system=None).print(tree)
 
@@ -304,26 +339,31 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.task.get("phases"):
         return run_phases(cfg)
     started = time.time()
-    task = make_task(cfg)
-    validate_config(cfg, task)
+    task = validate_config(cfg)
     monitor, monitor_mode = task.monitor(cfg)
+    init_from = cfg.model.get("init_from")
+    pretrained = load_pretrained(init_from) if init_from else None
+    training = bool(cfg.get("train", True))
     with open_dict(cfg):  # the checkpoint callback and the resolved config read them from here
         cfg.task.monitor, cfg.task.monitor_mode = monitor, monitor_mode
+        if pretrained is not None:
+            _model_follows(cfg, pretrained)
+    if not training:
+        _evaluate_only(cfg, task, pretrained)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank_zero_only.rank == 0:  # the other ranks of a DDP job share the run directory
         (out_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        if cfg.get("print_config", True):
-            print_config_tree(cfg, out_dir)
+        write_config_tree(cfg, out_dir, show=bool(cfg.get("print_config", False)))
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     torch.set_float32_matmul_precision(str(cfg.hardware.matmul_precision))
     if cfg.hardware.get("threads"):
         torch.set_num_threads(int(cfg.hardware.threads))
 
-    init_from = cfg.model.get("init_from")
-    pretrained = load_pretrained(init_from) if init_from else None
     job = task.build(cfg, pretrained, run_context(cfg))
     datamodule, module = job.datamodule, job.module
+    if not training:  # the whole trained model, head included: nothing is trained
+        module.model.load_state_dict(task.load_model(pretrained).state_dict())
     log.info("%s: %s", task.name, json.dumps(task.summary(job), default=str)[:300])
 
     ckpt_path = _resolve_ckpt_path(cfg, out_dir)
@@ -352,17 +392,18 @@ def run(cfg: DictConfig) -> float | None:
         enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
         **{**_trainer_kwargs(cfg), **trainer_settings(cfg)},
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    if trainer.interrupted:
-        saved = f"checkpoint saved: {interrupt.saved}; " if interrupt.saved else ""
-        raise BertlabError(
-            f"training was interrupted at step {trainer.global_step}; {saved}resume with: bertlab-train resume={out_dir}"
-        )
-
-    checkpoint = trainer.checkpoint_callback
-    best = getattr(checkpoint, "best_model_path", "") or ""
-    last = getattr(checkpoint, "last_model_path", "") or ""
     fast = bool(cfg.trainer.get("fast_dev_run"))
+    best = last = ""
+    if training:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.interrupted:
+            saved = f"checkpoint saved: {interrupt.saved}; " if interrupt.saved else ""
+            raise BertlabError(
+                f"training was interrupted at step {trainer.global_step}; {saved}resume with: bertlab-train resume={out_dir}"
+            )
+        checkpoint = trainer.checkpoint_callback
+        best = getattr(checkpoint, "best_model_path", "") or ""
+        last = getattr(checkpoint, "last_model_path", "") or ""
     metrics = _metrics(dict(trainer.callback_metrics), ("val/",))
     if best and not fast:
         # The best checkpoint's own validation metrics, and its weights for the export.
@@ -370,7 +411,7 @@ def run(cfg: DictConfig) -> float | None:
             trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False), ("val/",)
         )
     elif not metrics and not fast:
-        # No validation ran during training (a run shorter than val_check_interval): run one now.
+        # No validation ran during training (a run shorter than val_check_interval, or train=false).
         metrics = _metrics(trainer.validate(module, datamodule=datamodule, verbose=False), ("val/",))
     if cfg.data.get("test_file"):
         results = trainer.test(
@@ -379,7 +420,7 @@ def run(cfg: DictConfig) -> float | None:
         metrics.update(_metrics(results, ("test/",)))
 
     export_dir = None
-    if cfg.get("export", True) and trainer.is_global_zero:
+    if training and cfg.get("export", True) and trainer.is_global_zero:
         metadata = {"task": task.metadata(), "metrics": metrics, "checkpoint": best or last}
         export_dir = task.export_hf(module.model, job.tokenizer_dir, out_dir / "export", metadata)
         onnx = cfg.get("export_onnx") or False

@@ -20,6 +20,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bertlab.cli.console import quiet_third_party
 from bertlab.cli.predict import read_lines
 from bertlab.errors import BertlabError
 from bertlab.export.onnx import DEFAULT_OPSET, ONNX_FILE, OPTIMIZED_OPSET, QUANTIZE_CHOICES
@@ -61,9 +62,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check-file", default=None, help="texts for the check, one a line (a<TAB>b: pair)")
     parser.add_argument("--max-seq-length", type=int, default=128)
     args = parser.parse_args(argv)
+    quiet_third_party()
     try:
         if args.format != "onnx" and (args.optimize or args.quantize or args.opset):
-            raise BertlabError(f"--optimize, --quantize and --opset apply to --format onnx, not {args.format}")
+            raise BertlabError(
+                f"--optimize, --quantize and --opset apply to --format onnx, not {args.format}"
+            )
         texts = None
         if args.check_file:
             path = Path(args.check_file)

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import torch
 
+from bertlab.cli.console import quiet_third_party
 from bertlab.errors import BertlabError
 from bertlab.export.onnx import ONNX_FILE
 from bertlab.io import temporary_name
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--onnx-file", default=None, help=f"with --backend onnx (default: {ONNX_FILE})")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch and onnxruntime)")
     args = parser.parse_args(argv)
+    quiet_third_party()
     tmp: Path | None = None
     try:
         started = time.time()

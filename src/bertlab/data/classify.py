@@ -6,12 +6,19 @@ similar length (:class:`~bertlab.data.sampler.LengthGroupedSampler`); their orde
 ``(seed, epoch)`` and the loader's position is saved in Lightning checkpoints, so training resumes
 mid-epoch on the same batch. Evaluation batches are sorted by length; every batch carries ``index``
 (the row number in its file), so outputs can be put back in file order.
+
+Long texts (``long_text``): ``truncate`` keeps the first ``max_seq_length - 2`` pieces (as
+transformers' ``run_glue`` does); ``windows`` keeps every piece, in overlapping windows of
+``max_seq_length`` (:func:`window_spans` is the rule). A row is still one document with one label:
+the sampler, the batch size (documents per optimizer step), the resumable position and the DDP
+sharding all count documents, and a batch carries ``window_doc`` (the batch position of the document
+each window belongs to) so that the task pools the windows' logits into one prediction per document.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +26,7 @@ import datasets
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
 from bertlab.data.labels import PROBLEM_TYPES, parse_labels, shown_labels, sort_labels
@@ -50,9 +57,15 @@ __all__ = [
     "PairEncoder",
     "ClassifyDataModule",
     "EncodedDataset",
+    "LONG_TEXT",
+    "WindowBudgetBatchSampler",
     "encode_pairs",
     "truncate_pair",
+    "window_spans",
 ]
+
+# What happens to a text longer than max_seq_length - 2 pieces (data.long_text).
+LONG_TEXT = ("truncate", "windows")
 
 
 def truncate_pair(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
@@ -71,6 +84,28 @@ def truncate_pair(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
     return len_a - excess // 2, len_b - (excess + 1) // 2
 
 
+def window_spans(num_pieces: int, capacity: int, stride: int) -> list[tuple[int, int]]:
+    """The windows ``[start, end)`` that cover a text of ``num_pieces`` pieces (``data.long_text=windows``).
+
+    With ``C = capacity`` (``max_seq_length - 2``) and step ``s = C - stride``: window ``k`` is
+    ``[k * s, min(k * s + C, n))`` for ``k = 0 .. K - 1``, where ``K = 1`` for ``n <= C`` and
+    ``K = 1 + ceil((n - C) / s)`` otherwise: the first window that reaches the text's end is the last.
+    So piece ``i`` reaches the model once for each ``k`` with ``k * s <= i < k * s + C``: every piece
+    at least once, consecutive windows share exactly ``stride`` pieces, and with ``stride <= C / 2`` a
+    piece is seen twice when it is in such an overlap and once otherwise (transformers' tokenizers'
+    ``stride`` means the same overlap). Every window but the last has ``C`` pieces; the last has
+    between ``stride + 1`` and ``C``, at least one of them new."""
+    if not 0 <= stride < capacity:
+        raise BertlabError(
+            f"data.stride={stride} must be at least 0 and below max_seq_length - 2 = {capacity}"
+        )
+    if num_pieces <= capacity:
+        return [(0, num_pieces)]
+    step = capacity - stride
+    count = 1 + -(-(num_pieces - capacity) // step)  # 1 + ceil((n - C) / s)
+    return [(k * step, min(k * step + capacity, num_pieces)) for k in range(count)]
+
+
 def encode_pairs(
     tokenizer: Any,
     texts: list[str],
@@ -78,11 +113,32 @@ def encode_pairs(
     max_seq_length: int,
     cls_id: int,
     sep_id: int,
+    long_text: str = "truncate",
+    stride: int = 0,
 ) -> dict[str, list]:
-    """``input_ids`` ([CLS] A [SEP] (B [SEP])) and ``a_len`` (length of [CLS] A [SEP]) per row."""
+    """``input_ids`` ([CLS] A [SEP] (B [SEP])) and ``a_len`` (length of [CLS] A [SEP]) per row, and its
+    ``length``. With ``long_text="windows"`` (single texts only) each row's ``input_ids`` is a list of
+    windows (:func:`window_spans`), ``a_len`` their lengths, ``length`` the longest and ``windows``
+    their number."""
     enc_a = tokenizer.encode_batch(texts, add_special_tokens=False)
     input_ids: list[list[int]] = []
     a_lens: list[int] = []
+    if long_text == "windows":
+        if pairs is not None:
+            raise BertlabError(
+                "data.long_text=windows classifies single texts; with data.text_pair_column use truncate"
+            )
+        capacity = max_seq_length - 2
+        docs: list[list[list[int]]] = []
+        for e in enc_a:
+            ids = e.ids
+            docs.append([[cls_id, *ids[s:t], sep_id] for s, t in window_spans(len(ids), capacity, stride)])
+        return {
+            "input_ids": docs,
+            "a_len": [[len(w) for w in doc] for doc in docs],
+            "length": [max(len(w) for w in doc) for doc in docs],
+            "windows": [len(doc) for doc in docs],
+        }
     if pairs is None:
         budget = max_seq_length - 2
         for e in enc_a:
@@ -106,16 +162,25 @@ def _encode_batch(
     max_seq_length: int,
     cls_id: int,
     sep_id: int,
+    long_text: str = "truncate",
+    stride: int = 0,
 ) -> dict[str, list]:
-    return encode_pairs(tokenizer, batch["text"], batch.get("pair"), max_seq_length, cls_id, sep_id)
+    return encode_pairs(
+        tokenizer, batch["text"], batch.get("pair"), max_seq_length, cls_id, sep_id, long_text, stride
+    )
 
 
 class EncodedDataset(TorchDataset):
-    """Arrow-backed encoded rows; each item also carries its row index (``index``)."""
+    """Arrow-backed encoded rows; each item also carries its row index (``index``). ``lengths``: the
+    longest input row of each (what its batch is padded to); ``windows``: its number of windows."""
 
     def __init__(self, table: datasets.Dataset) -> None:
         self.table = table
         self.lengths = np.asarray(table["length"], dtype=np.int64)
+        names = table.column_names
+        self.windows = (
+            np.asarray(table["windows"], dtype=np.int64) if "windows" in names else np.ones_like(self.lengths)
+        )
 
     def __len__(self) -> int:
         return len(self.table)
@@ -132,31 +197,42 @@ class EncodedDataset(TorchDataset):
 
 
 class ClassifyCollator:
-    """Rows -> padded tensors: ``input_ids``, ``attention_mask``, ``token_type_ids``, ``index`` and,
-    when the rows have them, ``labels`` (long [B]; float multi-hot [B, K]; float [B] for regression)."""
+    """Rows (documents) -> padded tensors: ``input_ids``, ``attention_mask``, ``token_type_ids``,
+    ``index`` and, when the rows have them, ``labels`` (long [B]; float multi-hot [B, K]; float [B] for
+    regression). ``windowed``: each row holds a list of windows; the model inputs are then
+    ``[W, T]`` (every window of the batch's documents, in document order) and ``window_doc`` ``[W]``
+    says which document (0 .. B-1) each window belongs to; ``index`` and ``labels`` stay per document."""
 
-    def __init__(self, pad_token_id: int, problem_type: str, num_labels: int) -> None:
+    def __init__(self, pad_token_id: int, problem_type: str, num_labels: int, windowed: bool = False) -> None:
         self.pad_token_id = pad_token_id
         self.problem_type = problem_type
         self.num_labels = num_labels
+        self.windowed = windowed
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch_size = len(rows)
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = np.full((batch_size, width), self.pad_token_id, dtype=np.int64)
-        mask = np.zeros((batch_size, width), dtype=np.int64)
-        types = np.zeros((batch_size, width), dtype=np.int64)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = r["input_ids"]
+        if self.windowed:
+            inputs = [(w, a) for r in rows for w, a in zip(r["input_ids"], r["a_len"])]
+            window_doc = [d for d, r in enumerate(rows) for _ in r["input_ids"]]
+        else:
+            inputs = [(r["input_ids"], r["a_len"]) for r in rows]
+        width = max(len(w) for w, _ in inputs)
+        ids = np.full((len(inputs), width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(inputs), width), dtype=np.int64)
+        types = np.zeros((len(inputs), width), dtype=np.int64)
+        for i, (w, a_len) in enumerate(inputs):
+            n = len(w)
+            ids[i, :n] = w
             mask[i, :n] = 1
-            types[i, r["a_len"] : n] = 1
+            types[i, a_len:n] = 1
         out = {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.from_numpy(mask),
             "token_type_ids": torch.from_numpy(types),
             "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
         }
+        if self.windowed:
+            out["window_doc"] = torch.tensor(window_doc, dtype=torch.long)
         if "label" in rows[0]:
             if self.problem_type == "single_label":
                 out["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
@@ -172,15 +248,24 @@ class ClassifyCollator:
 
 class PairEncoder:
     """Texts or ``(text, text_pair)`` examples -> model input rows, and rows -> a padded batch (numpy),
-    as prediction and the export check encode them."""
+    as prediction and the export check encode them: the same encoding as training, windows included
+    (``long_text``, ``stride``)."""
 
-    def __init__(self, tokenizer: Any, max_seq_length: int) -> None:
+    def __init__(
+        self, tokenizer: Any, max_seq_length: int, long_text: str = "truncate", stride: int = 0
+    ) -> None:
+        if long_text not in LONG_TEXT:
+            raise BertlabError(f"long_text={long_text!r} is not one of {', '.join(LONG_TEXT)}")
         self.tokenizer = tokenizer
         self.max_seq_length = max_seq_length
+        self.long_text = long_text
+        self.stride = stride
         self.ids = special_token_ids(tokenizer)
         self.collator = ClassifyCollator(self.ids["pad"], "single_label", 2)
 
     def __call__(self, examples: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
+        """One row per example; with windows, a row's ``input_ids`` and ``a_len`` are lists (one item
+        per window)."""
         rows: list[dict[str, Any]] = [{} for _ in examples]
         for paired in (False, True):
             which = [i for i, (_, b) in enumerate(examples) if (b is not None) == paired]
@@ -189,15 +274,65 @@ class PairEncoder:
             texts = [examples[i][0] for i in which]
             pairs = [str(examples[i][1]) for i in which] if paired else None
             enc = encode_pairs(
-                self.tokenizer, texts, pairs, self.max_seq_length, self.ids["cls"], self.ids["sep"]
+                self.tokenizer,
+                texts,
+                pairs,
+                self.max_seq_length,
+                self.ids["cls"],
+                self.ids["sep"],
+                self.long_text,
+                self.stride,
             )
             for i, ids, a_len in zip(which, enc["input_ids"], enc["a_len"]):
                 rows[i] = {"input_ids": ids, "a_len": a_len, "index": i}
         return rows
 
+    def windows(self, rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
+        """(one row per model input, the position in ``rows`` of the document each belongs to): the
+        windows of every row in order; without windows, the rows themselves."""
+        if self.long_text != "windows":
+            return list(rows), list(range(len(rows)))
+        flat = [
+            {"input_ids": w, "a_len": a, "index": d}
+            for d, r in enumerate(rows)
+            for w, a in zip(r["input_ids"], r["a_len"])
+        ]
+        return flat, [x["index"] for x in flat]
+
     def collate(self, rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
-        batch = self.collator(list(rows))
+        """The model inputs of ``rows`` (of every window of each, with windows) as one padded batch."""
+        return self.pad(self.windows(rows)[0])
+
+    def pad(self, inputs: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """Model input rows (one input each, as :meth:`windows` gives them) as one padded batch."""
+        batch = self.collator(list(inputs))
         return {k: batch[k].numpy() for k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+class WindowBudgetBatchSampler(Sampler[list[int]]):
+    """Evaluation batches of whole documents holding at most ``budget`` windows each (one document
+    alone when it has more), documents sorted by length (longest first; stable): the same batches
+    every time, and memory bounded by windows, not by documents."""
+
+    def __init__(self, lengths: Sequence[int], windows: Sequence[int], budget: int) -> None:
+        order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+        self.batches: list[list[int]] = []
+        current: list[int] = []
+        held = 0
+        for i in order.tolist():
+            if current and held + int(windows[i]) > budget:
+                self.batches.append(current)
+                current, held = [], 0
+            current.append(i)
+            held += int(windows[i])
+        if current:
+            self.batches.append(current)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
 
 
 class ClassifyDataModule(L.LightningDataModule):
@@ -211,6 +346,13 @@ class ClassifyDataModule(L.LightningDataModule):
     Without a validation file, ``validation_split`` (a fraction or a number of rows) holds validation
     rows out of the training data, seeded and stratified by label (:mod:`bertlab.data.splits`);
     :attr:`held_out_rows` says where they came from.
+
+    ``long_text="windows"`` (single texts): every piece of a text reaches the model, in windows of
+    ``max_seq_length`` that overlap by ``stride`` pieces (:func:`window_spans`). ``batch_size`` still
+    counts documents (rows) and the training order is still length-grouped, by each document's longest
+    window (what its batch is padded to); a training batch runs all windows of its documents, so its
+    memory grows with them (``hardware.micro_batch_size`` bounds it). Evaluation batches hold at most
+    ``eval_batch_size`` windows (:class:`WindowBudgetBatchSampler`).
     """
 
     def __init__(
@@ -230,6 +372,8 @@ class ClassifyDataModule(L.LightningDataModule):
         problem_type: str = "single_label",
         label_separator: str | None = None,
         max_seq_length: int = 128,
+        long_text: str = "truncate",
+        stride: int = 32,
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
@@ -237,6 +381,7 @@ class ClassifyDataModule(L.LightningDataModule):
         group_by_length: bool = True,
         limit_train_rows: int | None = None,
         validation_split: float | int | None = None,
+        label_names: dict[str, str] | list[str] | None = None,
         seed: int = 1234,
         labels: list[str] | None = None,
         cache_dir: str | None = None,
@@ -249,6 +394,14 @@ class ClassifyDataModule(L.LightningDataModule):
             raise BertlabError(f"data.quoting={quoting!r} is not one of {', '.join(QUOTING)}")
         if max_seq_length < 4:
             raise BertlabError(f"data.max_seq_length={max_seq_length} is too short (at least 4)")
+        if long_text not in LONG_TEXT:
+            raise BertlabError(f"data.long_text={long_text!r} is not one of {', '.join(LONG_TEXT)}")
+        if long_text == "windows":
+            if text_pair_column is not None:
+                raise BertlabError(
+                    "data.long_text=windows classifies single texts; with data.text_pair_column use truncate"
+                )
+            window_spans(0, max_seq_length - 2, stride)  # a stride that does not fit: one line, now
         if batch_size < 1 or eval_batch_size < 1:
             raise BertlabError(
                 f"data.batch_size={batch_size} and eval_batch_size={eval_batch_size} must be >= 1"
@@ -274,6 +427,8 @@ class ClassifyDataModule(L.LightningDataModule):
         self.problem_type = problem_type
         self.label_separator = label_separator
         self.max_seq_length = max_seq_length
+        self.long_text = long_text
+        self.stride = int(stride)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -281,6 +436,11 @@ class ClassifyDataModule(L.LightningDataModule):
         self.group_by_length = group_by_length
         self.limit_train_rows = limit_train_rows
         self.validation_split = validation_split
+        if label_names is not None and self.problem_type == "regression":
+            raise BertlabError("data.label_names names classes; a regression has none")
+        self.label_names = (
+            {str(k): v for k, v in label_names.items()} if isinstance(label_names, dict) else label_names
+        )
         self.seed = seed
         self.cache_dir = cache_dir
         self.labels: list[str] | None = None
@@ -397,7 +557,26 @@ class ClassifyDataModule(L.LightningDataModule):
         values = parse_labels(
             ds[self.label_column], self.problem_type, self.label_column, self.label_separator, where
         )
+        if self.label_names is not None:
+            values = self._named(values, where)
         return texts, pairs, values, where
+
+    def _named(self, values: list[Any], where: Locator) -> list[Any]:
+        """Label values (e.g. 0, 1) replaced by their names (``data.label_names``)."""
+        names = self.label_names
+        if isinstance(names, list):
+            names = {str(i): name for i, name in enumerate(names)}
+
+        def name(i: int, value: str) -> str:
+            if value not in names:
+                raise BertlabError(
+                    f"{where(i)}: label {value!r} has no name in data.label_names {dict(names)}"
+                )
+            return str(names[value])
+
+        if self.problem_type == "multi_label":
+            return [[name(i, v) for v in row] for i, row in enumerate(values)]
+        return [name(i, v) for i, v in enumerate(values)]
 
     def _read_hub(self, split: str) -> tuple[datasets.Dataset, RowLocator, str]:
         """A split of a ``datasets`` dataset by name (``data.hub``): the real loading code; offline
@@ -469,6 +648,19 @@ class ClassifyDataModule(L.LightningDataModule):
             }[self.problem_type]
         table = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
         ids = special_token_ids(self.tokenizer)
+        if self.long_text == "windows":  # a document: its windows and their lengths
+            encoded_features = {
+                "input_ids": datasets.List(datasets.List(datasets.Value("int32"))),
+                "a_len": datasets.List(datasets.Value("int32")),
+                "length": datasets.Value("int32"),
+                "windows": datasets.Value("int32"),
+            }
+        else:
+            encoded_features = {
+                "input_ids": datasets.List(datasets.Value("int32")),
+                "a_len": datasets.Value("int32"),
+                "length": datasets.Value("int32"),
+            }
         with quiet_datasets():
             encoded = table.map(
                 _encode_batch,
@@ -479,18 +671,25 @@ class ClassifyDataModule(L.LightningDataModule):
                     "max_seq_length": self.max_seq_length,
                     "cls_id": ids["cls"],
                     "sep_id": ids["sep"],
+                    "long_text": self.long_text,
+                    "stride": self.stride,
                 },
                 remove_columns=[c for c in ("text", "pair") if c in columns],
                 features=datasets.Features(
-                    {
-                        **({"label": features["label"]} if labels is not None else {}),
-                        "input_ids": datasets.List(datasets.Value("int32")),
-                        "a_len": datasets.Value("int32"),
-                        "length": datasets.Value("int32"),
-                    }
+                    {**({"label": features["label"]} if labels is not None else {}), **encoded_features}
                 ),
             )
-        return EncodedDataset(encoded)
+        dataset = EncodedDataset(encoded)
+        if self.long_text == "windows" and len(dataset):
+            log.info(
+                "%d texts in %d windows of at most %d pieces (stride %d; at most %d windows a text)",
+                len(dataset),
+                int(dataset.windows.sum()),
+                self.max_seq_length,
+                self.stride,
+                int(dataset.windows.max()),
+            )
+        return dataset
 
     def prepare_data(self) -> None:
         pass  # nothing to download; files are read in setup
@@ -527,7 +726,10 @@ class ClassifyDataModule(L.LightningDataModule):
 
     def collator(self) -> ClassifyCollator:
         return ClassifyCollator(
-            special_token_ids(self.tokenizer)["pad"], self.problem_type, len(self.labels or [None])
+            special_token_ids(self.tokenizer)["pad"],
+            self.problem_type,
+            len(self.labels or [None]),
+            windowed=self.long_text == "windows",
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -551,9 +753,14 @@ class ClassifyDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, dataset: EncodedDataset) -> DataLoader:
+        batches: Sampler[list[int]] = (
+            WindowBudgetBatchSampler(dataset.lengths, dataset.windows, self.eval_batch_size)
+            if self.long_text == "windows"
+            else FixedBatchSampler(dataset.lengths, self.eval_batch_size, self.group_by_length)
+        )
         return DataLoader(
             dataset,
-            batch_sampler=FixedBatchSampler(dataset.lengths, self.eval_batch_size, self.group_by_length),
+            batch_sampler=batches,
             collate_fn=self.collator(),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,

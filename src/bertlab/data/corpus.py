@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from bertlab.errors import BertlabError
 
 __all__ = [
@@ -247,6 +249,7 @@ def check_corpus(
     max_line_chars: int = 100_000,
     doc_per_line: bool = False,
     min_documents: int = 2,
+    progress: bool = True,
 ) -> CorpusStats:
     """Read the whole corpus once, raising the errors of :func:`iter_documents`; return its counts.
 
@@ -255,13 +258,20 @@ def check_corpus(
     """
     stats = CorpusStats()
     current: FileStats | None = None
-    for doc in iter_documents(paths, max_line_chars=max_line_chars, doc_per_line=doc_per_line):
-        if current is None or current.path != doc.source:
-            current = FileStats(doc.source)
-            stats.files.append(current)
-        current.documents += 1
-        current.lines += len(doc.lines)
-        current.chars += doc.num_chars
+    files = _as_paths(paths)
+    total = sum(p.stat().st_size for p in files if p.is_file())
+    # Reading a corpus of gigabytes takes minutes: show how far it is (bytes, with an ETA).
+    with tqdm(
+        total=total, unit="B", unit_scale=True, desc="checking the corpus", disable=not progress
+    ) as bar:
+        for doc in iter_documents(files, max_line_chars=max_line_chars, doc_per_line=doc_per_line):
+            if current is None or current.path != doc.source:
+                current = FileStats(doc.source)
+                stats.files.append(current)
+            current.documents += 1
+            current.lines += len(doc.lines)
+            current.chars += doc.num_chars
+            bar.update(sum(len(line.encode("utf-8")) + 1 for line in doc.lines))
     if stats.documents < min_documents:
         where = ", ".join(f.path for f in stats.files)
         hint = "put each document on its own line" if doc_per_line else "separate documents with a blank line"

@@ -270,11 +270,15 @@ class PretrainDataModule(L.LightningDataModule):
     def iter_documents(self) -> Iterator[Document]:
         return documents_from_spec(self.corpus_spec())
 
-    def _check_corpus(self) -> None:
-        if self.source != "hub":
-            check_corpus(
-                self.corpus_files(), max_line_chars=self.max_line_chars, doc_per_line=self.doc_per_line
-            )
+    def _check_corpus(self) -> int | None:
+        """Check every file of the corpus (one line naming file and line on a problem); returns its
+        number of lines (None for a hub dataset, which is read as it streams)."""
+        if self.source == "hub":
+            return None
+        stats = check_corpus(
+            self.corpus_files(), max_line_chars=self.max_line_chars, doc_per_line=self.doc_per_line
+        )
+        return sum(f.lines for f in stats.files)
 
     def _corpus_settings(self) -> dict[str, Any]:
         return {
@@ -310,7 +314,7 @@ class PretrainDataModule(L.LightningDataModule):
         if not (out / "tokenizer.json").exists() and local_rank() != 0:
             wait_for_ready(out / "tokenizer.json", self.prepare_timeout_s, "the tokenizer")
         if not (out / "tokenizer.json").exists():
-            self._check_corpus()
+            lines = self._check_corpus()
             log.info("training a WordPiece tokenizer (vocab %d) -> %s", settings["vocab_size"], out)
 
             def texts() -> Iterator[str]:
@@ -326,6 +330,8 @@ class PretrainDataModule(L.LightningDataModule):
                 handle_chinese_chars=settings["handle_chinese_chars"],
                 min_frequency=settings["min_frequency"],
                 limit_alphabet=settings["limit_alphabet"],
+                length=lines,
+                show_progress=True,  # minutes on a large corpus: counts and an ETA
             )
         self._tokenizer_dir = out
         return out

@@ -103,9 +103,12 @@ class ResumableSampler(EpochPosition, Sampler[int]):
 class LengthGroupedSampler(ResumableSampler):
     """A :class:`ResumableSampler` whose epoch order puts windows of similar length together.
 
-    The seeded permutation is cut into chunks of ``chunk_batches`` global batches; each chunk is
-    sorted by length and its batches are shuffled (seeded), so padding is small and the order
-    stays random and a function of ``(seed, epoch)`` -- hence resumable.
+    The seeded permutation is cut into chunks of ``chunk_batches`` batches of ``batch_size`` (one
+    device's micro-batch); each chunk is sorted by length and its batches are shuffled (seeded), so
+    padding is small and the order stays random and a function of ``(seed, epoch)`` -- hence
+    resumable. The order does not depend on the number of processes: rank ``r`` of ``w`` takes
+    micro-batches ``r, r + w, ...`` of it (a tail that does not fill one on every rank is dropped), so
+    an optimizer step runs the same micro-batches on ``w`` processes as one process accumulating ``w``.
     """
 
     def __init__(
@@ -124,22 +127,35 @@ class LengthGroupedSampler(ResumableSampler):
         self.chunk_batches = chunk_batches
 
     def _order(self) -> np.ndarray:
-        if not self.shuffle:
-            return super()._order()
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.num_samples)
-        group = self.batch_size * self.world_size
-        chunk = group * self.chunk_batches
-        pieces = []
-        for c in range(0, len(order), chunk):
-            part = order[c : c + chunk]
-            part = part[np.argsort(-self.lengths[part], kind="stable")]
-            batches = [part[i : i + group] for i in range(0, len(part), group)]
-            for i in rng.permutation(len(batches)):
-                pieces.append(batches[i])
-        order = np.concatenate(pieces) if pieces else order
-        usable = self.num_samples - self.num_samples % self.world_size
-        return order[:usable][self.rank :: self.world_size]
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = rng.permutation(self.num_samples)
+            group = self.batch_size
+            chunk = group * self.chunk_batches
+            pieces = []
+            for c in range(0, len(order), chunk):
+                part = order[c : c + chunk]
+                part = part[np.argsort(-self.lengths[part], kind="stable")]
+                batches = [part[i : i + group] for i in range(0, len(part), group)]
+                for i in rng.permutation(len(batches)):
+                    pieces.append(batches[i])
+            order = np.concatenate(pieces) if pieces else order
+        else:
+            order = np.arange(self.num_samples)
+        if self.world_size == 1:
+            return order
+        # Whole micro-batches, round robin: the blocks of ResumableSampler(block_size=batch_size).
+        per_rank = self._micro_batches_per_rank()
+        blocks = order[: per_rank * self.world_size * self.batch_size]
+        return blocks.reshape(per_rank, self.world_size, self.batch_size)[:, self.rank].reshape(-1)
+
+    def _micro_batches_per_rank(self) -> int:
+        return (self.num_samples // self.batch_size) // self.world_size
+
+    def __len__(self) -> int:
+        if self.world_size == 1:
+            return self.num_samples
+        return self._micro_batches_per_rank() * self.batch_size
 
 
 class ResumableDataLoader(DataLoader):

@@ -157,7 +157,17 @@ def _scan_delimited(path: Path, sep: str, quoting: int, encoding: str) -> tuple[
                     seen.add(name)
                 continue
             if len(row) != len(header):
-                raise BertlabError(f"{path}:{start}: expected {len(header)} fields, saw {len(row)}")
+                hint = ""
+                if quoting != csv.QUOTE_NONE and reader.line_num > start:
+                    # A field that starts with a quote swallowed the line ends up to the next quote:
+                    # GLUE-style TSVs use quotes as plain text.
+                    hint = (
+                        f" (a quoted field runs over lines {start}-{reader.line_num}: if quotes are plain "
+                        "text in this file, as in GLUE's TSVs, set data.quoting=none)"
+                    )
+                elif quoting != csv.QUOTE_NONE and any('"' in field for field in row):
+                    hint = " (the line has quotes: if they are plain text, set data.quoting=none)"
+                raise BertlabError(f"{path}:{start}: expected {len(header)} fields, saw {len(row)}{hint}")
             starts.append(start)
     except csv.Error as e:
         raise BertlabError(f"{path}:{reader.line_num}: cannot parse the line ({e})") from None

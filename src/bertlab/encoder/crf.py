@@ -13,6 +13,14 @@ decoded, whatever the learned values.
 ``mask [B, T]`` marks the real positions of each row and must be a prefix (``True`` then ``False``); a row
 may have no real position at all (``log Z = 0``, log-likelihood 0). Tags at masked positions are ignored
 (they may be ``-100``, the ignore index of the token-classification loss).
+
+**Open ends.** A row may be a piece cut out of a longer sequence (a window of a long sentence): then
+its first position is not the sequence's start, nor its last the sequence's end. ``open_start [B]`` /
+``open_end [B]`` (bool) mark such rows: their start (end) score is 0 for every label that may follow
+(precede) some label, and ``-inf`` for a label that can be nowhere (a tag foreign to the scheme), in
+place of the learned, constrained start (end) scores. So ``I-X`` may open a row that starts inside an
+entity, and ``B-X`` may close one that ends inside one (IOBES), while ``score`` otherwise keeps its
+definition.
 """
 
 from __future__ import annotations
@@ -112,6 +120,32 @@ class LinearChainCRF(nn.Module):
             self.end_transitions.masked_fill(~self.allowed_end, NEG_INF),
         )
 
+    def _boundaries(
+        self, emissions: Tensor, open_start: Tensor | None, open_end: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(start [B, K], transitions [K, K], end [B, K]) in the emissions' dtype: the constrained scores,
+        with each open row's start (end) replaced by 0 where some label may precede (follow) the label
+        and ``-inf`` elsewhere (see the module docstring)."""
+        batch_size = emissions.shape[0]
+        start, transitions, end = (s.to(emissions.dtype) for s in self.constrained_transitions())
+        start, end = start.expand(batch_size, -1), end.expand(batch_size, -1)
+        for flags, free_mask, which in (
+            (open_start, self.allowed_transitions.any(dim=0), "open_start"),
+            (open_end, self.allowed_transitions.any(dim=1), "open_end"),
+        ):
+            if flags is None:
+                continue
+            flags = torch.as_tensor(flags, device=emissions.device).to(torch.bool)
+            if tuple(flags.shape) != (batch_size,):
+                raise ValueError(f"{which} has shape {tuple(flags.shape)}, expected {(batch_size,)}")
+            free = torch.zeros(self.num_labels, dtype=emissions.dtype, device=emissions.device)
+            free = free.masked_fill(~free_mask.to(emissions.device), NEG_INF)
+            if which == "open_start":
+                start = torch.where(flags.unsqueeze(1), free, start)
+            else:
+                end = torch.where(flags.unsqueeze(1), free, end)
+        return start, transitions, end
+
     def _prepare(self, emissions: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """Checks shapes; returns emissions in the compute dtype (at least float32: the sums over time
         would lose too much in half precision), the bool mask and each row's length."""
@@ -137,15 +171,21 @@ class LinearChainCRF(nn.Module):
         params = self.start_transitions.sum() + self.transitions.sum() + self.end_transitions.sum()
         return emissions[:, :1].sum(dim=(1, 2)) * 0.0 + params.to(emissions.dtype) * 0.0
 
-    def log_partition(self, emissions: Tensor, mask: Tensor | None = None) -> Tensor:
+    def log_partition(
+        self,
+        emissions: Tensor,
+        mask: Tensor | None = None,
+        open_start: Tensor | None = None,
+        open_end: Tensor | None = None,
+    ) -> Tensor:
         """``log Z`` [B]: the log of the summed ``exp(score)`` of every allowed path of each row's length
         (forward algorithm). 0 for a row of length 0 (its one, empty, path scores 0); ``-inf`` for a row
         whose length no allowed path has."""
         emissions, mask, lengths = self._prepare(emissions, mask)
         batch_size, seq_len, _ = emissions.shape
+        start, transitions, end = self._boundaries(emissions, open_start, open_end)
         if seq_len == 0:
             return self._graph_zero(emissions)
-        start, transitions, end = (s.to(emissions.dtype) for s in self.constrained_transitions())
         # log_alpha[b, j]: log of the summed exp(score) of all paths of positions 0..t ending in label j.
         log_alpha = start + emissions[:, 0]
         for t in range(1, seq_len):
@@ -155,43 +195,77 @@ class LinearChainCRF(nn.Module):
         log_z = _safe_logsumexp(log_alpha + end, dim=1)
         return torch.where(lengths > 0, log_z, torch.zeros_like(log_z)) + self._graph_zero(emissions)
 
-    def path_score(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
+    def path_score(
+        self,
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor | None = None,
+        open_start: Tensor | None = None,
+        open_end: Tensor | None = None,
+    ) -> Tensor:
         """score(tags) [B] of each row's path over its real positions (0 for an empty row; ``-inf`` if
         the path is disallowed). Tags at masked positions are ignored."""
         emissions, mask, lengths = self._prepare(emissions, mask)
         batch_size, seq_len, _ = emissions.shape
         if tuple(tags.shape) != (batch_size, seq_len):
             raise ValueError(f"tags has shape {tuple(tags.shape)}, expected {(batch_size, seq_len)}")
+        start, transitions, end = self._boundaries(emissions, open_start, open_end)
         if seq_len == 0:
             return emissions.new_zeros(batch_size)
-        start, transitions, end = (s.to(emissions.dtype) for s in self.constrained_transitions())
         tags = tags.to(emissions.device).long().masked_fill(~mask, 0)  # e.g. -100 -> any valid index
         zero = emissions.new_zeros(())
         emitted = emissions.gather(2, tags.unsqueeze(2)).squeeze(2)  # [B, T]
         # where (not multiply by mask): a masked -inf must not become -inf * 0 = NaN.
-        score = torch.where(mask[:, 0], start[tags[:, 0]], zero)
+        score = torch.where(mask[:, 0], start.gather(1, tags[:, :1]).squeeze(1), zero)
         score = score + torch.where(mask, emitted, zero).sum(dim=1)
         if seq_len > 1:
             stepped = transitions[tags[:, :-1], tags[:, 1:]]  # [B, T-1]
             score = score + torch.where(mask[:, 1:], stepped, zero).sum(dim=1)
-        last_tag = tags.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
-        return score + torch.where(lengths > 0, end[last_tag], zero)
+        last_tag = tags.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1))
+        return score + torch.where(lengths > 0, end.gather(1, last_tag).squeeze(1), zero)
 
-    def log_likelihood(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
+    def allowed_paths(
+        self,
+        tags: Tensor,
+        mask: Tensor | None = None,
+        open_start: Tensor | None = None,
+        open_end: Tensor | None = None,
+    ) -> Tensor:
+        """[B] bool: whether each row's path (over its real positions) is allowed by the constraint
+        masks, read from the masks alone (no scores): the check a caller makes on gold paths before the
+        loss, which is ``+inf`` for a disallowed one."""
+        tags = torch.as_tensor(tags)
+        fake = torch.zeros(*tags.shape, self.num_labels, device=self.transitions.device)
+        return torch.isfinite(self.path_score(fake, tags, mask, open_start, open_end))
+
+    def log_likelihood(
+        self,
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor | None = None,
+        open_start: Tensor | None = None,
+        open_end: Tensor | None = None,
+    ) -> Tensor:
         """``log p(tags | emissions)`` [B] = score(tags) - log Z: 0 for an empty row, ``-inf`` for a
         disallowed path (never NaN, also when no path of that length is allowed)."""
-        score = self.path_score(emissions, tags, mask)
-        log_z = self.log_partition(emissions, mask)
+        score = self.path_score(emissions, tags, mask, open_start, open_end)
+        log_z = self.log_partition(emissions, mask, open_start, open_end)
         return torch.where(torch.isneginf(score), score, score - log_z)
 
     def nll(
-        self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None, reduction: str = "mean"
+        self,
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor | None = None,
+        reduction: str = "mean",
+        open_start: Tensor | None = None,
+        open_end: Tensor | None = None,
     ) -> Tensor:
         """Negative log-likelihood. ``reduction``: ``"mean"`` (default) over the B rows, empty rows
         included (they add 0); ``"token_mean"`` the sum over rows divided by the number of real
         positions (like a token-level cross-entropy; 0 for a batch without any); ``"sum"``; ``"none"``
         [B]."""
-        nll = -self.log_likelihood(emissions, tags, mask)
+        nll = -self.log_likelihood(emissions, tags, mask, open_start, open_end)
         if reduction == "none":
             return nll
         if reduction == "sum":
@@ -204,15 +278,27 @@ class LinearChainCRF(nn.Module):
         raise ValueError(f"reduction must be 'mean', 'token_mean', 'sum' or 'none', got {reduction!r}")
 
     def forward(
-        self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None, reduction: str = "mean"
+        self,
+        emissions: Tensor,
+        tags: Tensor,
+        mask: Tensor | None = None,
+        reduction: str = "mean",
+        open_start: Tensor | None = None,
+        open_end: Tensor | None = None,
     ) -> Tensor:
         """The training loss: :meth:`nll` (by default the mean over rows of ``-log p(tags)``)."""
-        return self.nll(emissions, tags, mask, reduction)
+        return self.nll(emissions, tags, mask, reduction, open_start, open_end)
 
     # ------------------------------------------------------------------------------ decoding
 
     @torch.no_grad()
-    def decode(self, emissions: Tensor, mask: Tensor | None = None) -> list[list[int]]:
+    def decode(
+        self,
+        emissions: Tensor,
+        mask: Tensor | None = None,
+        open_start: Tensor | None = None,
+        open_end: Tensor | None = None,
+    ) -> list[list[int]]:
         """Viterbi: each row's highest-scoring allowed path, as a list of its own length's label ids.
 
         Ties go to the lowest label index (``max`` returns the first maximum), as in
@@ -222,7 +308,7 @@ class LinearChainCRF(nn.Module):
         batch_size, seq_len, _ = emissions.shape
         if seq_len == 0:
             return [[] for _ in range(batch_size)]
-        start, transitions, end = (s.to(emissions.dtype) for s in self.constrained_transitions())
+        start, transitions, end = self._boundaries(emissions, open_start, open_end)
         # best[b, j]: best score of a path of positions 0..t ending in label j; backpointers[t-1][b, j]
         # its label at t-1.
         best = start + emissions[:, 0]

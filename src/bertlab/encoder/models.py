@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from bertlab.constants import IGNORE_INDEX
 from bertlab.encoder.bert import BertConfig, BertEncoder, init_bert_weights
+from bertlab.encoder.crf import LinearChainCRF
 from bertlab.encoder.heads import (
     MaskedLMHead,
     NextSentenceHead,
@@ -115,13 +116,29 @@ class BertForSequenceClassification(nn.Module):
 
 
 class BertForTokenClassification(nn.Module):
-    """Encoder + :class:`TokenClassificationHead`: logits [B, T, num_labels] at every position."""
+    """Encoder + :class:`TokenClassificationHead`: logits [B, T, num_labels] at every position.
 
-    def __init__(self, config: BertConfig, num_labels: int, dropout: float = 0.1) -> None:
+    With ``crf`` (a :class:`~bertlab.encoder.crf.LinearChainCRF` over the same labels) the logits are
+    the CRF's emissions: ``forward`` is unchanged (so the ONNX graph and transformers'
+    ``BertForTokenClassification`` compute exactly these emissions), and ``crf`` holds the transition
+    scores that training (its NLL) and decoding (Viterbi) add to them. Its weights are ``crf.*``."""
+
+    def __init__(
+        self,
+        config: BertConfig,
+        num_labels: int,
+        dropout: float = 0.1,
+        crf: LinearChainCRF | None = None,
+    ) -> None:
         super().__init__()
+        if crf is not None and crf.num_labels != num_labels:
+            raise ValueError(f"the CRF has {crf.num_labels} labels, the classifier {num_labels}")
         self.config = config
         self.encoder = BertEncoder(config)
         self.head = TokenClassificationHead(config.hidden_size, num_labels, dropout, config.initializer_range)
+        # Built after the head: a CRF starts at zero and draws nothing from the RNG, so both heads get
+        # the same classifier weights at the same seed.
+        self.crf: LinearChainCRF | None = crf
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None

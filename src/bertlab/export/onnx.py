@@ -41,11 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from bertlab.errors import BertlabError
-from bertlab.io import read_json, temporary_name
+from bertlab.export.files import INFO_FILE, INT8_FILE, ONNX_FILE, read_info
+from bertlab.io import temporary_name
 
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-INFO_FILE = "onnx.json"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_OPSET = 18
 # the fused graph's exporter (TorchScript) and the optimizer's patterns were written against opset 14
@@ -338,12 +336,6 @@ def _versions() -> dict[str, str]:
     import onnxruntime
 
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def read_info(export_dir: str | Path) -> dict[str, Any]:
-    """``onnx.json`` of an export directory ({} when absent)."""
-    path = Path(export_dir) / INFO_FILE
-    return read_json(path) if path.is_file() else {}
 
 
 __all__ = [

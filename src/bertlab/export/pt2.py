@@ -25,11 +25,9 @@ import numpy as np
 import torch
 
 from bertlab.errors import BertlabError
+from bertlab.export.files import PT2_FILE, PT2_INFO_FILE, read_pt2_info
 from bertlab.export.onnx import FP32_ATOL, INPUT_NAMES, OnnxGraph, _agreement, _quiet, _torch_outputs
-from bertlab.io import read_json, temporary_name
-
-PT2_FILE = "model.pt2"
-PT2_INFO_FILE = "pt2.json"
+from bertlab.io import temporary_name
 
 __all__ = ["PT2_FILE", "PT2_INFO_FILE", "export_pt2", "load_pt2", "read_pt2_info"]
 
@@ -93,7 +91,9 @@ def export_pt2(
     if not batches or int(batches[0]["attention_mask"].min()) == 1 or batches[0]["input_ids"].shape[1] < 2:
         raise BertlabError("torch.export: the check needs texts of different lengths (a padded batch)")
     started = time.time()
-    tmp, info_tmp = temporary_name(out_dir / PT2_FILE), temporary_name(out_dir / PT2_INFO_FILE)
+    # torch.export.save and load want the .pt2 suffix (else a warning and a fallback path)
+    tmp = temporary_name(out_dir / PT2_FILE).with_suffix(".pt2")
+    info_tmp = temporary_name(out_dir / PT2_INFO_FILE)
     try:
         program = _program(graph, batches[0], max_positions)
         torch.export.save(program, str(tmp))
@@ -123,9 +123,3 @@ def export_pt2(
     finally:
         for leftover in (tmp, info_tmp):
             leftover.unlink(missing_ok=True)
-
-
-def read_pt2_info(export_dir: str | Path) -> dict[str, Any]:
-    """``pt2.json`` of an export directory ({} when absent)."""
-    path = Path(export_dir) / PT2_INFO_FILE
-    return read_json(path) if path.is_file() else {}

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import hydra
+import hydra.errors
 import lightning as L
 import numpy as np
 import torch
@@ -353,14 +354,19 @@ def datamodule(cfg: DictConfig, micro_batch: int, **run_settings: Any) -> L.Ligh
     global batch, the loader workers, the seed, and ``run_settings`` (tokenizer, cache)."""
     data = plain(cfg.data)
     data["batch_size"] = micro_batch
-    return hydra.utils.instantiate(
-        data,
-        num_workers=int(cfg.hardware.num_workers),
-        pin_memory=bool(cfg.hardware.pin_memory),
-        seed=int(cfg.seed),
-        **run_settings,
-        _convert_="all",
-    )
+    try:
+        return hydra.utils.instantiate(
+            data,
+            num_workers=int(cfg.hardware.num_workers),
+            pin_memory=bool(cfg.hardware.pin_memory),
+            seed=int(cfg.seed),
+            **run_settings,
+            _convert_="all",
+        )
+    except hydra.errors.InstantiationException as e:  # a bad setting the DataModule reported: one line
+        if isinstance(e.__cause__, BertlabError):
+            raise e.__cause__ from None
+        raise
 
 
 def init_encoder(model: nn.Module, pretrained: Pretrained | None) -> None:

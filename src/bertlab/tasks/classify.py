@@ -4,6 +4,9 @@
 - data: :class:`~bertlab.data.classify.ClassifyDataModule` (``data=csv`` or ``data=hub_labelled``);
 - training and metrics: :class:`ClassifyModule`;
 - decoding: :func:`predictions` (the one place probabilities become labels) and :class:`ClassifyPredictor`;
+- long documents (``data.long_text=windows``): the model runs on each window (``[W, T]``, the plain
+  model that every export holds) and :func:`pool_windows` averages each document's window logits into
+  its logits; training, validation, testing, prediction (either backend) and the server all pool there;
 - export: ``BertForSequenceClassification`` for ``[CLS]`` pooling; for mean pooling, which no
   transformers class computes, a sentence-transformers directory (``modules.json``: the BERT model,
   mean pooling, a ``Dense`` layer whose output is the logits).
@@ -42,7 +45,7 @@ from torchmetrics.classification import (
 )
 from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
-from bertlab.data.classify import ClassifyDataModule, PairEncoder
+from bertlab.data.classify import LONG_TEXT, ClassifyDataModule, PairEncoder
 from bertlab.data.labels import PROBLEM_TYPES
 from bertlab.data.tokenizer import load_tokenizer
 from bertlab.encoder import BertConfig, BertForSequenceClassification, encoder_to_hf
@@ -68,6 +71,7 @@ __all__ = [
     "ClassifyPredictor",
     "ClassifyTask",
     "make_metrics",
+    "pool_windows",
     "predictions",
 ]
 
@@ -100,6 +104,24 @@ def predictions(logits: Tensor, problem_type: str) -> tuple[Tensor, Tensor]:
         return probs, (probs >= MULTI_LABEL_THRESHOLD).long()
     value = logits.squeeze(-1)
     return value, value
+
+
+def pool_windows(logits: Tensor, window_doc: Tensor | None, num_docs: int) -> Tensor:
+    """Document logits [D, K] from window logits [W, K]: the mean over each document's windows
+    (``window_doc[w]``: the document of window ``w``; None: one window per document, returned as is).
+
+    The mean of logits, not an attention over windows: it has no parameters, so the model and every
+    export of it stay the plain ``[B, T]`` classifier (HF, ONNX), and it fits every problem type (for
+    regression it is the mean prediction; for softmax it is a normalised product of the windows'
+    distributions, so windows that agree reinforce each other). A topic or a sentiment is spread over
+    a document; an attention would be the choice when one passage decides, and it needs data to learn.
+    """
+    if window_doc is None or logits.size(0) == num_docs:  # a window per document, in document order
+        return logits
+    logits = logits.float()
+    sums = logits.new_zeros(num_docs, logits.size(-1)).index_add_(0, window_doc, logits)
+    counts = torch.bincount(window_doc, minlength=num_docs).clamp_min(1).to(logits.dtype)
+    return sums / counts.unsqueeze(-1)
 
 
 def make_metrics(problem_type: str, num_labels: int) -> tuple[dict[str, Metric], Metric | None]:
@@ -150,7 +172,9 @@ class ClassifyModule(TaskModule):
         self.last_confusion: list[list[int]] | list[list[list[int]]] | None = None
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+        """Logits per document: the model on every window, pooled by :func:`pool_windows`."""
+        logits = self.model(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+        return pool_windows(logits, batch.get("window_doc"), batch["index"].size(0))
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         if self.problem_type == "single_label":
@@ -161,7 +185,7 @@ class ClassifyModule(TaskModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.loss(self(batch), batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].size(0))
         return loss
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
@@ -210,7 +234,8 @@ class ClassifyModule(TaskModule):
 
 class ClassifyTask(Task):
     """Settings (``conf/task/classify.yaml``): ``pooling`` (cls | mean), ``classifier_dropout``; from
-    the data when training: ``labels``, ``problem_type``, ``max_seq_length``."""
+    the data when training: ``labels``, ``problem_type``, ``max_seq_length``, ``long_text`` and
+    ``stride`` (how a long text is read: prediction and the export check read it the same way)."""
 
     name = "classify"
     datamodule_class = ClassifyDataModule
@@ -223,17 +248,23 @@ class ClassifyTask(Task):
         labels: Sequence[str] | None = None,
         problem_type: str = "single_label",
         max_seq_length: int | None = None,
+        long_text: str = "truncate",
+        stride: int = 0,
         **settings: Any,
     ) -> None:
         super().__init__(**settings)
         if problem_type not in PROBLEM_TYPES:
             raise BertlabError(f"problem_type={problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}")
+        if long_text not in LONG_TEXT:
+            raise BertlabError(f"long_text={long_text!r} is not one of {', '.join(LONG_TEXT)}")
         self.settings.update(
             pooling=str(pooling),
             classifier_dropout=float(classifier_dropout),
             labels=[str(x) for x in labels] if labels is not None else None,
             problem_type=str(problem_type),
             max_seq_length=max_seq_length,
+            long_text=str(long_text),
+            stride=int(stride),
         )
 
     @property
@@ -268,7 +299,11 @@ class ClassifyTask(Task):
         data.prepare_data()
         data.setup("fit")
         self.settings.update(
-            labels=list(data.labels), problem_type=data.problem_type, max_seq_length=data.max_seq_length
+            labels=list(data.labels),
+            problem_type=data.problem_type,
+            max_seq_length=data.max_seq_length,
+            long_text=data.long_text,
+            stride=data.stride,
         )
         model = self.build_model(config)
         init_encoder(model, pretrained)
@@ -276,6 +311,17 @@ class ClassifyTask(Task):
 
     def summary(self, job: Job) -> dict[str, Any]:
         out: dict[str, Any] = {"labels": self.labels}
+        data = job.datamodule
+        if getattr(data, "long_text", "truncate") == "windows":  # how many windows the documents made
+            out["windows"] = {
+                split: {"documents": len(ds), "windows": int(ds.windows.sum()), "max": int(ds.windows.max())}
+                for split, ds in (
+                    ("train", data.train_set),
+                    ("validation", data.val_set),
+                    ("test", data.test_set),
+                )
+                if ds is not None and len(ds)
+            }
         if job.datamodule.held_out_rows:  # no validation file: where the validation rows came from
             out["validation_split"] = {
                 "size": len(job.datamodule.held_out_rows),
@@ -366,11 +412,22 @@ class ClassifyTask(Task):
             model, out_dir, state, config, tokenizer_dir, metadata, sentence_transformers_modules
         )
 
+    def encoder(self, tokenizer: Any, max_seq_length: int) -> PairEncoder:
+        """Texts to model inputs as this model was trained to read them (truncated, or in windows)."""
+        return PairEncoder(tokenizer, max_seq_length, self.long_text, int(self.settings.get("stride") or 0))
+
+    @property
+    def long_text(self) -> str:
+        return str(self.settings.get("long_text") or "truncate")
+
     def check_batches(
         self, tokenizer: Any, texts: Sequence[str], max_seq_length: int
     ) -> list[dict[str, np.ndarray]]:
-        encode = PairEncoder(tokenizer, max_seq_length)
-        examples = [tuple(t.split("\t", 1)) if "\t" in t else (t, None) for t in texts]
+        encode = self.encoder(tokenizer, max_seq_length)
+        if self.long_text == "windows":  # documents: a tab is whitespace, not a pair
+            examples: list[tuple[str, str | None]] = [(t, None) for t in texts]
+        else:
+            examples = [tuple(t.split("\t", 1)) if "\t" in t else (t, None) for t in texts]  # type: ignore[misc]
         rows = encode(examples)
         return [encode.collate(rows), encode.collate(rows[:1])]
 
@@ -385,12 +442,17 @@ class ClassifyTask(Task):
 class ClassifyPredictor(Predictor):
     """Inputs: a text; a pair as ``[text, text_pair]``, ``{"text": ..., "text_pair": ...}`` or, on a
     line, ``text<TAB>text_pair``. Answers: ``label``, ``score`` and every label's ``scores``
-    (single-label); ``labels`` and ``scores`` (multi-label); ``score`` (regression)."""
+    (single-label); ``labels`` and ``scores`` (multi-label); ``score`` (regression).
+
+    A model trained with ``data.long_text=windows`` reads documents: a line is one text (a tab in it
+    is whitespace), every window of it runs through the backend (in length-sorted batches of
+    ``batch_size`` windows) and :func:`pool_windows` gives its one answer; a text pair is refused."""
 
     def parse(self, item: Any, where: str = "input") -> tuple[str, str | None]:
+        windows = self.task.long_text == "windows"
         if isinstance(item, str):
             a, tab, b = item.partition("\t")
-            return (a, b) if tab else (item, None)
+            return (a, b) if tab and not windows else (item, None)
         if isinstance(item, dict) and isinstance(item.get("text"), str):
             pair = item.get("text_pair")
             if pair is not None and not isinstance(pair, str):
@@ -398,36 +460,54 @@ class ClassifyPredictor(Predictor):
             unknown = sorted(set(item) - {"text", "text_pair"})
             if unknown:
                 raise BertlabError(f"{where}: unknown field(s) {unknown}; expected text and text_pair")
+            if pair is not None and windows:
+                raise BertlabError(
+                    f"{where}: this model reads single documents (long_text=windows), not pairs"
+                )
             return item["text"], pair
         if isinstance(item, list | tuple) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            if windows:
+                raise BertlabError(
+                    f"{where}: this model reads single documents (long_text=windows), not pairs"
+                )
             return item[0], item[1]
         raise BertlabError(
             f"{where}: expected a text (a string), a [text, text_pair] pair of strings or "
             f'{{"text": ..., "text_pair": ...}}, got {json.dumps(item, ensure_ascii=False)[:80]}'
         )
 
-    def predict(self, inputs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
-        encode = PairEncoder(self.tokenizer, self.max_seq_length)
-        rows = encode(inputs)
-        labels, problem = self.task.labels, self.task.problem_type
-        out: list[dict[str, Any]] = [{} for _ in inputs]
-        for chunk in length_batches([len(r["input_ids"]) for r in rows], self.batch_size):
-            (logits,) = self.backend(encode.collate([rows[i] for i in chunk]))
-            probs, preds = predictions(torch.from_numpy(logits), problem)
+    def logits(self, inputs: Sequence[tuple[str, str | None]]) -> Tensor:
+        """Logits [len(inputs), K], one row per input: the backend on every window (length-sorted
+        batches of ``batch_size`` windows), pooled per input by :func:`pool_windows`."""
+        encode = self.task.encoder(self.tokenizer, self.max_seq_length)
+        windows, doc = encode.windows(encode(inputs))
+        parts: list[np.ndarray] = [np.empty(0)] * len(windows)
+        for chunk in length_batches([len(w["input_ids"]) for w in windows], self.batch_size):
+            (out,) = self.backend(encode.pad([windows[i] for i in chunk]))
             for row, i in enumerate(chunk):
-                text, pair = inputs[i]
-                item: dict[str, Any] = {"text": text}
-                if pair is not None:
-                    item["text_pair"] = pair
-                if problem == "regression":
-                    item["score"] = float(probs[row])
-                elif problem == "multi_label":
-                    item["labels"] = [labels[k] for k, on in enumerate(preds[row].tolist()) if on]
-                    item["scores"] = {labels[k]: round(float(p), 6) for k, p in enumerate(probs[row])}
-                else:
-                    k = int(preds[row])
-                    item["label"] = labels[k]
-                    item["score"] = round(float(probs[row, k]), 6)
-                    item["scores"] = {labels[j]: round(float(p), 6) for j, p in enumerate(probs[row])}
-                out[i] = item
+                parts[i] = out[row]
+        window_logits = torch.from_numpy(np.stack(parts).astype(np.float32, copy=False))
+        return pool_windows(window_logits, torch.tensor(doc, dtype=torch.long), len(inputs))
+
+    def predict(self, inputs: Sequence[tuple[str, str | None]]) -> list[dict[str, Any]]:
+        if not inputs:
+            return []
+        labels, problem = self.task.labels, self.task.problem_type
+        probs, preds = predictions(self.logits(inputs), problem)
+        out: list[dict[str, Any]] = []
+        for i, (text, pair) in enumerate(inputs):
+            item: dict[str, Any] = {"text": text}
+            if pair is not None:
+                item["text_pair"] = pair
+            if problem == "regression":
+                item["score"] = float(probs[i])
+            elif problem == "multi_label":
+                item["labels"] = [labels[k] for k, on in enumerate(preds[i].tolist()) if on]
+                item["scores"] = {labels[k]: round(float(p), 6) for k, p in enumerate(probs[i])}
+            else:
+                k = int(preds[i])
+                item["label"] = labels[k]
+                item["score"] = round(float(probs[i, k]), 6)
+                item["scores"] = {labels[j]: round(float(p), 6) for j, p in enumerate(probs[i])}
+            out.append(item)
         return out

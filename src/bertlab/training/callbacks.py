@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -216,3 +216,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         return safe_torch_load(Path(path))
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar, counting optimizer steps out of ``max_steps`` when the run is counted in
+    steps (pretraining). Lightning's own bar counts batches of each epoch and titles it with the
+    epoch out of ``max_epochs``, which read ``Epoch 0/-2`` for a run with unlimited epochs. Runs
+    counted in epochs keep Lightning's bar."""
+
+    def _by_steps(self, trainer: L.Trainer) -> bool:
+        return trainer.max_steps > 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if not self._by_steps(trainer):
+            return super().on_train_epoch_start(trainer, *args)
+        bar = self.train_progress_bar
+        if bar.total != trainer.max_steps:  # once for the run, not every epoch: steps go on counting
+            bar.reset(total=trainer.max_steps)
+            bar.n = trainer.global_step  # a resumed run starts where it stopped
+        bar.set_description(f"step (epoch {trainer.current_epoch})")
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._by_steps(trainer):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar, step = self.train_progress_bar, trainer.global_step
+        due = step % max(1, self.refresh_rate) == 0 or step == trainer.max_steps
+        if self.is_enabled and step != bar.n and due:
+            bar.update(step - bar.n)
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._by_steps(trainer):
+            return super().on_train_epoch_end(trainer, pl_module)
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))

@@ -1,8 +1,11 @@
-"""AdamW with BERT's weight-decay rule and a linear warmup-then-decay schedule."""
+"""AdamW with BERT's weight-decay rule, and a warmup-then-decay learning-rate schedule (linear, cosine
+or constant after the warmup)."""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -35,39 +38,77 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    name = cfg.get("name", "adamw")
-    if name != "adamw":
-        raise BertlabError(f"optimizer.name={name!r} is not supported (adamw)")
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+@dataclass
+class OptimizerSettings:
+    """``conf/optimizer/adamw.yaml``, and ``fused`` from the hardware config (speed only)."""
+
+    name: Literal["adamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: list[float] | None = None  # None: (0.9, 0.999)
+    eps: float = 1e-6
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int | None = None  # None: warmup_ratio of the total steps
+    warmup_ratio: float = 0.06
+    final_lr_fraction: float = 0.0
+    # a phase of a multi-phase run: the schedule spans all phases and this one starts at an offset
+    step_offset: int = 0
+    total_steps: int | None = None
+    fused: bool | None = None  # None: the fused kernel on CUDA
+
+    @classmethod
+    def of(cls, cfg: dict[str, Any]) -> OptimizerSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise BertlabError(f"optimizer: unknown setting(s) {unknown}; known: {sorted(known)}")
+        settings = cls(**cfg)
+        if settings.name != "adamw":
+            raise BertlabError(f"optimizer.name={settings.name!r} is not supported (adamw)")
+        if settings.schedule not in SCHEDULES:
+            raise BertlabError(
+                f"optimizer.schedule={settings.schedule!r} is not one of {', '.join(SCHEDULES)}"
+            )
+        return settings
+
+    def warmup_for(self, total_steps: int) -> int:
+        if self.warmup_steps is not None:
+            return int(self.warmup_steps)
+        return int(round(float(self.warmup_ratio) * total_steps))
+
+
+def build_optimizer(model: nn.Module, settings: OptimizerSettings) -> torch.optim.Optimizer:
     kwargs: dict[str, Any] = {
-        "lr": float(cfg["lr"]),
-        "betas": tuple(cfg.get("betas", (0.9, 0.999))),
-        "eps": float(cfg.get("eps", 1e-6)),
+        "lr": float(settings.lr),
+        "betas": tuple(settings.betas or (0.9, 0.999)),
+        "eps": float(settings.eps),
     }
-    fused = cfg.get("fused")
+    fused = settings.fused
     if fused is None:
         fused = torch.cuda.is_available() and all(p.is_cuda for p in model.parameters())
     if fused:
         kwargs["fused"] = True
-    return torch.optim.AdamW(param_groups(model, float(cfg.get("weight_decay", 0.01))), **kwargs)
+    return torch.optim.AdamW(param_groups(model, float(settings.weight_decay)), **kwargs)
 
 
-def warmup_steps_for(cfg: dict[str, Any], total_steps: int) -> int:
-    if cfg.get("warmup_steps") is not None:
-        return int(cfg["warmup_steps"])
-    return int(round(float(cfg.get("warmup_ratio", 0.0)) * total_steps))
-
-
-def linear_warmup_decay(
+def warmup_then(
     optimizer: torch.optim.Optimizer,
     warmup_steps: int,
     total_steps: int,
     final_lr_fraction: float = 0.0,
     step_offset: int = 0,
+    schedule: str = "linear",
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Learning rate rises linearly from 0 to its peak over ``warmup_steps``, then falls linearly
-    to ``final_lr_fraction`` of the peak at ``total_steps``. ``step_offset`` starts the schedule
-    part-way (a later phase of a multi-phase run continues the same schedule)."""
+    """Learning rate rises linearly from 0 to its peak over ``warmup_steps``, then follows
+    ``schedule`` down to ``final_lr_fraction`` of the peak at ``total_steps``: a straight line
+    (``linear``, BERT's), half a cosine (``cosine``), or stays at the peak (``constant``).
+    ``step_offset`` starts the schedule part-way (a later phase of a multi-phase run continues the
+    same schedule)."""
+    if schedule not in SCHEDULES:
+        raise BertlabError(f"optimizer.schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
     total_steps = max(1, total_steps)
     warmup_steps = min(max(0, warmup_steps), total_steps)
 
@@ -75,7 +116,11 @@ def linear_warmup_decay(
         step = local_step + step_offset
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        remaining = max(0, total_steps - step) / max(1, total_steps - warmup_steps)
+        if schedule == "constant":
+            return 1.0
+        remaining = max(0, total_steps - step) / max(1, total_steps - warmup_steps)  # 1 -> 0
+        if schedule == "cosine":
+            remaining = 0.5 * (1.0 - math.cos(math.pi * remaining))
         return final_lr_fraction + (1.0 - final_lr_fraction) * remaining
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -83,14 +128,15 @@ def linear_warmup_decay(
 
 def configure(model: nn.Module, cfg: dict[str, Any], total_steps: int) -> dict[str, Any]:
     """What a LightningModule's ``configure_optimizers`` returns."""
-    optimizer = build_optimizer(model, cfg)
-    # A phase of a multi-phase run: the schedule spans all phases and this one starts at an offset.
-    total_steps = int(cfg.get("total_steps") or total_steps)
-    scheduler = linear_warmup_decay(
+    settings = OptimizerSettings.of(cfg)
+    optimizer = build_optimizer(model, settings)
+    total_steps = int(settings.total_steps or total_steps)
+    scheduler = warmup_then(
         optimizer,
-        warmup_steps_for(cfg, total_steps),
+        settings.warmup_for(total_steps),
         total_steps,
-        float(cfg.get("final_lr_fraction", 0.0)),
-        int(cfg.get("step_offset") or 0),
+        float(settings.final_lr_fraction),
+        int(settings.step_offset or 0),
+        settings.schedule,
     )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
