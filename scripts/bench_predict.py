@@ -197,6 +197,13 @@ def quantize(fp32: Path, out: Path, **options: Any) -> dict[str, int]:
     return op_counts(out)
 
 
+def ffn_down_nodes(path: Path) -> list[str]:
+    """The MatMul nodes of the fused graph that project the feed-forward back to the hidden size."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "MatMul" and "ffn_down" in n.name]
+
+
 # ------------------------------------------------------------------------------ the sides
 
 
@@ -339,7 +346,10 @@ def main(argv: list[str] | None = None) -> None:
     yard_int8 = work / "yardstick.int8.onnx"
     yard_info["int8_op_counts"] = quantize(yard_path, yard_int8)
     # the yardstick computes bertlab's function: its logits against bertlab's on dev batches
-    checks = [task.check_batches(tokenizer, texts[i : i + 32], length)[0] for i in range(0, min(128, len(texts)), 32)]
+    checks = [
+        task.check_batches(tokenizer, texts[i : i + 32], length)[0]
+        for i in range(0, min(128, len(texts)), 32)
+    ]
     yard_session = make_session(yard_path, 1)
     yard_info["max_abs_diff_vs_bertlab_torch"] = max(
         float(np.abs(run_session(yard_session, b)[0] - TorchBackend(model, ("logits",))(b)[0]).max())
@@ -376,6 +386,11 @@ def main(argv: list[str] | None = None) -> None:
             "QUInt8 weights": {"weight_type": QuantType.QUInt8},
             "per-tensor scales": {"per_channel": False},
             "MatMul only (fp32 Attention, embeddings)": {"op_types_to_quantize": ["MatMul"]},
+            "fp32 Attention (int8 MatMul, embeddings)": {
+                "op_types_to_quantize": ["MatMul", "EmbedLayerNormalization"]
+            },
+            # the feed-forward down-projections read GELU outputs, the widest activations of a layer
+            "fp32 feed-forward down-projections": {"nodes_to_exclude": ffn_down_nodes(opt_dir / ONNX_FILE)},
         }
         for i, (name, options) in enumerate(tried.items()):
             path = work / f"optimized.int8.v{i}.onnx"

@@ -26,6 +26,7 @@ import platform
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -86,9 +87,13 @@ def run_config(name: str, args: argparse.Namespace, logs: Path) -> dict[str, Any
     backend, onnx_file, max_batch, timeout = CONFIGS[name]
     port = free_port()
     url = f"http://{HOST}:{port}"
+    logs.mkdir(parents=True, exist_ok=True)
     cmd = [str(PYTHON.parent / "bertlab-serve"), args.model, "--host", HOST, "--port", str(port)]
     cmd += ["--backend", backend, "--max-batch-size", str(max_batch), "--batch-timeout", str(timeout)]
     cmd += ["--onnx-file", onnx_file] if onnx_file else []
+    cmd += ["--threads", str(args.threads)] if args.threads else []
+    cmd += ["--workers", str(args.workers)]
+    cmd += ["--batch-size", str(args.batch_size)] if args.batch_size else []
     log = logs / f"{name}.server.log"
     server = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     result: dict[str, Any] = {"config": name, "label": LABELS[name], "server_command": shlex.join(cmd)}
@@ -150,6 +155,43 @@ def run_config(name: str, args: argparse.Namespace, logs: Path) -> dict[str, Any
         result["server_tracebacks"] = text.count("Traceback")
 
 
+def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration over its runs: medians of the rates and latencies, every error, the worst
+    RSS growth and the highest RSS seen."""
+
+    def median(key: str) -> float:
+        return round(statistics.median(run[key] for run in runs), 1)
+
+    return {
+        "config": name,
+        "label": LABELS[name],
+        "runs": len(runs),
+        "requests_per_s": median("requests_per_s"),
+        "requests_per_s_each_run": [run["requests_per_s"] for run in runs],
+        "p50_ms": median("p50_ms"),
+        "p95_ms": median("p95_ms"),
+        "p99_ms": median("p99_ms"),
+        "requests": sum(run["requests"] for run in runs),
+        "errors": sum(run["errors"] for run in runs),
+        "rss_mib_before": [run["rss_mib_before"] for run in runs],
+        "rss_mib_after": [run["rss_mib_after"] for run in runs],
+        "rss_growth_mib_max": round(max(run["rss_mib_after"] - run["rss_mib_before"] for run in runs), 1),
+        # the second half of the load: after the first batches of each shape have been allocated
+        "rss_growth_second_half_mib_max": round(max(_second_half_growth(run) for run in runs), 1),
+        "rss_mib_peak": max(max([x[1] for x in run["rss_samples"]] + [run["rss_mib_after"]]) for run in runs),
+        "worker_rss_mib_before": [run["worker_rss_mib_before"] for run in runs],
+        "worker_rss_mib_after": [run["worker_rss_mib_after"] for run in runs],
+        "sigterm_exit_codes": [run["sigterm_exit_code"] for run in runs],
+        "server_tracebacks": sum(run["server_tracebacks"] for run in runs),
+    }
+
+
+def _second_half_growth(run: dict[str, Any]) -> float:
+    samples = run["rss_samples"]
+    half = [x[1] for x in samples if x[0] >= samples[-1][0] / 2] if samples else []
+    return run["rss_mib_after"] - half[0] if half else 0.0
+
+
 def read_stats(path: Path) -> dict[str, Any]:
     with path.open(newline="") as f:
         row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
@@ -177,15 +219,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"))
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each configuration, taking turns")
+    parser.add_argument("--threads", type=int, default=None, help="per worker (default: the server's)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=None, help="inputs per forward pass (server's)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"some of {','.join(CONFIGS)}")
     parser.add_argument("--start-timeout", type=float, default=300)
     parser.add_argument("--logs", default="/tmp/bench_serve")
     parser.add_argument("--json", default=str(REPO / "docs" / "serve_bench.json"))
     parser.add_argument("--markdown", default=str(REPO / "docs" / "benchmarks.md"))
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--from-json", default=None, help="rewrite the markdown from a saved report, no run")
     args = parser.parse_args(argv)
-    if not 1 <= args.users <= 64 or not 5 <= args.seconds <= 600:
-        raise BertlabError("--users must be in 1..64 and --seconds in 5..600 (a bounded load test)")
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        report["results"] = [
+            summarize(name, [run for run in report["runs"] if run["config"] == name])
+            for name in dict.fromkeys(run["config"] for run in report["runs"])
+        ]
+        text = json.dumps(report, indent=2) + "\n"
+        atomic_write(Path(args.json), lambda f: f.write(text.encode()))
+        write_markdown(Path(args.markdown), report)
+        return
+    if not 1 <= args.users <= 64 or not 5 <= args.seconds <= 600 or not 1 <= args.rounds <= 5:
+        raise BertlabError(
+            "--users must be in 1..64, --seconds in 5..600, --rounds in 1..5 (a bounded load test)"
+        )
     names = args.configs.split(",")
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
@@ -196,16 +255,20 @@ def main(argv: list[str] | None = None) -> None:
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
-    results = []
-    for name in names:
-        print(f"{name}: {LABELS[name]}", file=sys.stderr)
-        results.append(run_config(name, args, logs))
-        r = results[-1]
-        print(
-            f"  {r['requests_per_s']} req/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['errors']} errors, "
-            f"RSS {r['rss_mib_before']} -> {r['rss_mib_after']} MiB",
-            file=sys.stderr,
-        )
+    runs = []
+    for r in range(args.rounds):
+        # the configurations take turns, in the reverse order every other round
+        for name in names if r % 2 == 0 else names[::-1]:
+            print(f"round {r + 1}, {name}: {LABELS[name]}", file=sys.stderr)
+            run = run_config(name, args, logs / f"round{r + 1}")
+            run["round"] = r + 1
+            runs.append(run)
+            print(
+                f"  {run['requests_per_s']} req/s, p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
+                f"{run['errors']} errors, RSS {run['rss_mib_before']} -> {run['rss_mib_after']} MiB",
+                file=sys.stderr,
+            )
+    results = [summarize(name, [run for run in runs if run["config"] == name]) for name in names]
     import litserve
     import onnxruntime
     import torch
@@ -228,8 +291,9 @@ def main(argv: list[str] | None = None) -> None:
             "request": "one SST-2 dev sentence, closed loop",
         },
         "results": results,
+        "runs": runs,
     }
-    print(json.dumps([{k: v for k, v in r.items() if k != "rss_samples"} for r in results], indent=1))
+    print(json.dumps(results, indent=1))
     if not args.no_write:
         text = json.dumps(report, indent=2) + "\n"
         atomic_write(Path(args.json), lambda f: f.write(text.encode()))
@@ -239,16 +303,17 @@ def main(argv: list[str] | None = None) -> None:
 def write_markdown(path: Path, report: dict[str, Any]) -> None:
     load = report["load"]
     rows = [
-        "| configuration | requests/s | p50 ms | p95 ms | p99 ms | errors | RSS MiB before → after (max) "
-        "| worker RSS MiB before → after | SIGTERM exit |",
+        "| configuration | requests/s, median (each run) | p50 ms | p95 ms | p99 ms | errors "
+        "| RSS MiB before → after, each run | worst growth: whole run / second half | SIGTERM exit codes |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
-        peak = max([s[1] for s in r["rss_samples"]] + [r["rss_mib_after"]])
+        each = ", ".join(f"{x:.1f}" for x in r["requests_per_s_each_run"])
+        rss = "; ".join(f"{a:.0f} → {b:.0f}" for a, b in zip(r["rss_mib_before"], r["rss_mib_after"]))
         rows.append(
-            f"| {r['label']} | {r['requests_per_s']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} "
-            f"| {r['errors']} of {r['requests']} | {r['rss_mib_before']:.0f} → {r['rss_mib_after']:.0f} ({peak:.0f}) "
-            f"| {r['worker_rss_mib_before']:.0f} → {r['worker_rss_mib_after']:.0f} | {r['sigterm_exit_code']} |"
+            f"| {r['label']} | **{r['requests_per_s']:.1f}** ({each}) | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} "
+            f"| {r['p99_ms']:.0f} | {r['errors']} of {r['requests']} | {rss} | {r['rss_growth_mib_max']:+.1f} / "
+            f"{r['rss_growth_second_half_mib_max']:+.1f} MiB | {', '.join(str(c) for c in r['sigterm_exit_codes'])} |"
         )
     by = {r["config"]: r for r in report["results"]}
     ratios = []
@@ -260,10 +325,12 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
             ratios.append(f"{what} {by[batched]['requests_per_s'] / by[single]['requests_per_s']:.2f}x")
     v = report["versions"]
     text = "\n".join([
-        f"`bertlab-serve` on 127.0.0.1, one worker (its default threads: all cores), {load['users']} Locust users "
-        f"for {load['seconds']} s each, every user posting one SST-2 dev sentence and sending the next as soon as "
-        "the answer is back. RSS: all the server's processes (HTTP process, worker, LitServe's manager), "
-        "sampled before the load, every 2 s during it, and after it.",
+        f"`bertlab-serve` on 127.0.0.1 with its defaults (one worker, threads = cores, forward passes of up to "
+        f"4 inputs), {load['users']} Locust users for {load['seconds']} s per run, every user posting one SST-2 dev "
+        "sentence and sending the next as soon as the answer is back; each configuration ran "
+        f"{report['results'][0]['runs']} time(s), the configurations taking turns (a fresh server each run). "
+        "Latencies: medians over the runs. RSS: all the server's processes (HTTP process, worker, LitServe's "
+        "manager), sampled before the load, every 2 s during it, and after it.",
         "",
         *rows,
         "",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +21,18 @@ from bertlab.data.tokenizer import load_tokenizer
 from bertlab.errors import BertlabError
 from bertlab.export import fused, pt2
 from bertlab.export.files import INFO_FILE, INT8_FILE, ONNX_FILE, PT2_FILE, PT2_INFO_FILE
+from bertlab.export.onnx import CHECK_TEXTS
 from bertlab.inference import OnnxBackend
 from bertlab.tasks.base import export_onnx_beside, export_pt2_beside, load_model
 from bertlab.tasks.classify import ClassifyTask
 from bertlab.tasks.ner import NerTask
 from bertlab.tasks.pretrain import PretrainTask
-from tests.test_onnx import LINES, NER_LINES, WORDS, _export, _predict, tok_dir  # noqa: F401 (a fixture)
+from tests.conftest import words_tokenizer
+from tests.test_onnx import LINES, NER_LINES, WORDS, _export, _predict
 
 pytest.importorskip("onnxruntime")
 
+MASK_LINES = ["the film was [MASK]", "anna moved from [MASK] to the apple office\tit rained again"]
 NER_LABELS = ["O", "B-person", "I-person", "B-location", "I-location"]
 TASKS = {
     "classify": lambda: ClassifyTask(labels=["neg", "neu", "pos"], max_seq_length=32),
@@ -38,6 +40,11 @@ TASKS = {
     "ner": lambda: NerTask(labels=NER_LABELS, word_split="whitespace", max_seq_length=32, stride=8),
     "pretrain": lambda: PretrainTask(max_seq_length=32),
 }
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return words_tokenizer(tmp_path_factory.mktemp("tok") / "wp", WORDS, vocab_size=120)
 
 
 def _inputs(batch: dict[str, np.ndarray]) -> list[torch.Tensor]:
@@ -49,7 +56,7 @@ def _files(directory: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module", params=list(TASKS))
-def optimized(request: pytest.FixtureRequest, tok_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
+def optimized(request: pytest.FixtureRequest, tok_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """(name, export dir, onnx.json, what the command printed) of each task, exported with --optimize (and int8 for classify)."""
     name = request.param
     out = tmp_path_factory.mktemp(f"opt-{name}") / "export"
@@ -62,7 +69,8 @@ def optimized(request: pytest.FixtureRequest, tok_dir: Path, tmp_path_factory: p
 
 def test_optimized_graph_is_fully_fused_and_checked(optimized) -> None:
     name, out, info, printed = optimized
-    layers = 2  # tests/test_onnx.py's config
+    task, model, _ = load_model(out)
+    layers = model.config.num_layers
     fused_ops = info["optimized"]["fused_ops"]
     assert info["opset"] == 14 and info["exporter"].startswith("torch.onnx.export(dynamo=False)")
     assert info["optimized"]["layers"] == layers
@@ -71,13 +79,14 @@ def test_optimized_graph_is_fully_fused_and_checked(optimized) -> None:
     assert fused_ops["BiasGelu"] == layers + (name == "pretrain")  # the MLM head's transform too
     assert "Softmax" not in info["optimized"]["op_counts"]
     assert max(info["check"]["max_abs_diff"].values()) <= 1e-4
-    assert [s[0] for s in info["check"]["batch_shapes"]] == [7, 1]  # the task's check batches
+    # the task's own check batches: a padded batch of the check texts, then one text alone
+    expected = task.check_batches(load_tokenizer(out), CHECK_TEXTS, 32)
+    assert info["check"]["batch_shapes"] == [list(b["input_ids"].shape) for b in expected]
     if name == "classify":
         assert info["int8"]["quantized_ops"]["QAttention"] == layers and (out / INT8_FILE).is_file()
     else:
         assert not (out / INT8_FILE).exists()
     # the session runs the graph at a length the check never used, with a padded batch
-    task, model, _ = load_model(out)
     texts = [" ".join(WORDS * 3), "ok", LINES[3]] if name != "ner" else NER_LINES
     batch = task.check_batches(load_tokenizer(out), texts, 64)[0]
     assert batch["input_ids"].shape[1] == 64 and batch["attention_mask"].min() == 0
@@ -96,13 +105,18 @@ def test_optimized_graph_is_fully_fused_and_checked(optimized) -> None:
 
 def test_optimized_graph_predicts_like_torch(optimized, tmp_path: Path) -> None:
     name, out, _, _ = optimized
-    if name == "pretrain":
-        pytest.skip("fill-mask answers are compared in tests/test_onnx.py's way for classify and NER")
-    lines = NER_LINES if name == "ner" else LINES
+    lines = {"ner": NER_LINES, "pretrain": MASK_LINES}.get(name, LINES)
     rows_pt = _predict(out, lines, tmp_path, "--batch-size", "2")
     rows_ort = _predict(out, lines, tmp_path, "--batch-size", "2", "--backend", "onnx", "--threads", "1")
     if name == "ner":
         assert rows_ort == rows_pt and any(r["entities"] for r in rows_pt)
+        return
+    if name == "pretrain":  # the same candidates at every [MASK], the same NSP answer
+        for a, b in zip(rows_pt, rows_ort):
+            assert [[c["token"] for c in m["candidates"]] for m in a["masks"]] == [
+                [c["token"] for c in m["candidates"]] for m in b["masks"]
+            ]
+            assert abs(a.get("is_next", 0) - b.get("is_next", 0)) <= 1e-5
         return
     assert [r["label"] for r in rows_ort] == [r["label"] for r in rows_pt]
     for a, b in zip(rows_pt, rows_ort):
@@ -112,16 +126,11 @@ def test_optimized_graph_predicts_like_torch(optimized, tmp_path: Path) -> None:
         assert [r["label"] for r in rows_q] == [r["label"] for r in rows_pt]
 
 
-def _hf_copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.onnx", "onnx.json", "*.pt2", "pt2.json"))
-    return dst
-
-
-def test_optimized_export_writes_nothing_on_failure(optimized, tmp_path: Path, monkeypatch, capsys) -> None:
-    name, src, _, _ = optimized
-    if name != "classify":
-        pytest.skip("one task is enough")
-    out = _hf_copy(src, tmp_path / "export")
+def test_optimized_export_writes_nothing_on_failure(
+    tok_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    out = tmp_path / "export"
+    _export(TASKS["classify"](), tok_dir, out, seed=1)
     before = _files(out)
     # a graph that is not fully fused is refused: it would be slower without saying so
     monkeypatch.setattr(fused, "fusion_problems", lambda counts, layers: ["Attention: 1 (expected 2)"])
@@ -146,7 +155,7 @@ def test_optimized_export_writes_nothing_on_failure(optimized, tmp_path: Path, m
 
 
 @pytest.mark.parametrize("name", ["classify", "ner"])
-def test_torch_export_is_checked_and_loads_alone(name: str, tok_dir: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_torch_export_is_checked_and_loads_alone(name: str, tok_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "export"
     _export(TASKS[name](), tok_dir, out, seed=2)
     export_main([str(out), "--format", "torch-export", "--max-seq-length", "32"])
@@ -165,7 +174,7 @@ def test_torch_export_is_checked_and_loads_alone(name: str, tok_dir: Path, tmp_p
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
 
 
-def test_torch_export_writes_nothing_on_failure(tok_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: F811
+def test_torch_export_writes_nothing_on_failure(tok_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     out = tmp_path / "export"
     _export(TASKS["classify"](), tok_dir, out, seed=3)
     before = _files(out)

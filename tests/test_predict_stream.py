@@ -16,19 +16,27 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from bertlab.inference import Predictor
 from bertlab.tasks.classify import ClassifyTask
-from tests.test_onnx import WORDS, _export, tok_dir  # noqa: F401 (tok_dir: a fixture)
+from tests.conftest import words_tokenizer
+from tests.test_onnx import WORDS, _export
 
 DEADLINE_S = 180  # the process imports torch and loads the model first: slow on a busy machine
 CHUNK = inspect.signature(Predictor.stream).parameters["chunk_size"].default
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return words_tokenizer(tmp_path_factory.mktemp("tok") / "wp", WORDS, vocab_size=120)
 
 
 def _line(i: int) -> str:
     return f"{WORDS[i % len(WORDS)]} {WORDS[(7 * i) % len(WORDS)]} number {i}"
 
 
-def test_predict_answers_before_the_input_ends(tok_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_predict_answers_before_the_input_ends(tok_dir: Path, tmp_path: Path) -> None:
     model = tmp_path / "export"
     _export(ClassifyTask(labels=["neg", "pos"], max_seq_length=32), tok_dir, model, seed=0)
     first, rest = CHUNK + 8, 500

@@ -30,14 +30,20 @@ from bertlab.serve import Invalid, PredictorAPI, ServeSettings, check_request
 from bertlab.tasks.base import export_onnx_beside
 from bertlab.tasks.classify import ClassifyTask
 from bertlab.tasks.ner import NerTask
-from tests.test_onnx import LINES, NER_LINES, _export, tok_dir  # noqa: F401 (tok_dir: a fixture)
+from tests.conftest import words_tokenizer
+from tests.test_onnx import LINES, NER_LINES, WORDS, _export
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("litserve")
 
 HOST = "127.0.0.1"  # the servers and the client never use another address
 START_S = 180  # a worker imports torch and loads the model: slow on a busy machine, bounded here
-MAX_TEXTS, MAX_CHARS = 8, 500
+MAX_TEXTS, MAX_CHARS = 16, 500
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return words_tokenizer(tmp_path_factory.mktemp("tok") / "wp", WORDS, vocab_size=120)
 
 
 def _free_port() -> int:
@@ -101,7 +107,7 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def exports(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
+def exports(tok_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cls = tmp_path_factory.mktemp("serve-cls") / "export"
     _export(ClassifyTask(labels=["neg", "neu", "pos"], max_seq_length=32), tok_dir, cls, seed=0, scale=20)
     export_onnx_beside(cls, max_seq_length=32, optimize=True)
@@ -195,7 +201,7 @@ def test_concurrent_requests_each_get_their_answer(servers: dict[str, Server]) -
     them gets its 422 without failing the others."""
     server = servers["cls"]
     texts = [f"{LINES[i % len(LINES)]} {i}" for i in range(12)]
-    alone = {t: server.post([t]).json()[0] for t in texts}
+    alone = dict(zip(texts, server.post(texts).json()))  # one request, no other request batched in
     bodies: list[Any] = [[t] for t in texts] + [[1], [texts[0], texts[1]]]
     with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
         responses = list(pool.map(server.post, bodies))

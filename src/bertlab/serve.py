@@ -56,7 +56,10 @@ class ServeSettings:
     backend: str = "onnx"
     onnx_file: str | None = None
     threads: int = 1
-    batch_size: int = 64  # the predictor's own batches (inputs per forward pass)
+    # Inputs per forward pass. Small: a gathered batch has random lengths, and padding 16 random SST-2
+    # sentences to the longest cost more than batching saved (MiniLM, 1 thread: 22 sentences/s in one
+    # pass vs 34 one at a time; length-sorted passes of 8: 35, of 4: 36; docs/deployment.md).
+    batch_size: int = 4
     max_seq_length: int | None = None
     max_batch_size: int = 16  # requests LitServe gathers into one predict call
     batch_timeout: float = 0.005
@@ -229,6 +232,9 @@ class PredictorAPI(ls.LitAPI):
         self.predictor: Any = None
 
     def setup(self, device: str) -> None:
+        # torch's OpenMP threads wait without spinning, as onnxruntime's do (export.onnx.make_session):
+        # read when OpenMP starts, so before torch is imported; a value the user set is kept.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # Imported here: the HTTP processes never load torch or the model, only the workers do.
         import torch
 

@@ -65,44 +65,49 @@ def _graceful_sigterm(server: Any) -> threading.Event:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="bertlab-serve",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog="bertlab-serve", description=__doc__.split("\n\n")[0])
+    d = DEFAULTS
     parser.add_argument("model", help="a run directory or its export/ directory")
     parser.add_argument(
-        "--backend",
-        choices=["auto", "onnx", "torch"],
-        default="auto",
-        help="auto: onnx when model.onnx exists",
-    )
+        "--backend", choices=["auto", "onnx", "torch"], default="auto",
+        help="auto (default): onnx when the graph is beside the model, else torch",
+    )  # fmt: skip
     parser.add_argument("--onnx-file", default=None, help="the graph beside the model (default: model.onnx)")
-    parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1, or 0.0.0.0 / :: for every interface")
-    parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=DEFAULTS.max_batch_size,
-        help="requests gathered into one forward pass (dynamic batching; 1: none)",
+        "--host", default="127.0.0.1", help="default 127.0.0.1; 0.0.0.0 or :: for every interface"
     )
+    parser.add_argument("--port", type=int, default=8000, help="default 8000")
     parser.add_argument(
-        "--batch-timeout",
-        type=float,
-        default=DEFAULTS.batch_timeout,
-        help="seconds a worker waits to fill a batch",
+        "--max-batch-size", type=int, default=d.max_batch_size,
+        help=f"requests a worker gathers into one predict call: dynamic batching; 1: none (default {d.max_batch_size})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-timeout", type=float, default=d.batch_timeout,
+        help=f"seconds a worker waits to fill a batch (default {d.batch_timeout})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-size", type=int, default=d.batch_size,
+        help=f"inputs per forward pass, length-sorted, within a predict call (default {d.batch_size})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes, each with its model (default 1)"
     )
-    parser.add_argument("--workers", type=int, default=1, help="worker processes, each with its own model")
     parser.add_argument(
         "--threads", type=int, default=None, help="CPU threads per worker (default: cores / workers)"
     )
-    parser.add_argument("--max-texts", type=int, default=DEFAULTS.max_texts, help="inputs per request")
-    parser.add_argument("--max-chars", type=int, default=DEFAULTS.max_chars, help="characters per input")
     parser.add_argument(
-        "--batch-size", type=int, default=DEFAULTS.batch_size, help="inputs per forward pass within a worker"
+        "--max-texts", type=int, default=d.max_texts, help=f"inputs per request (default {d.max_texts})"
+    )
+    parser.add_argument(
+        "--max-chars", type=int, default=d.max_chars, help=f"characters per input (default {d.max_chars})"
     )
     parser.add_argument("--max-seq-length", type=int, default=None, help="default: the training length")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a request may wait for a worker")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds a request may wait for a worker, then 504 (default 30)",
+    )
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     try:

@@ -32,7 +32,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,10 @@ def make_session(path: str | Path, threads: int | None = None) -> Any:
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+    # Idle pool threads sleep instead of spinning: on a busy machine (the shared benchmark machine, a
+    # server between requests) spinning threads take the cores the work needs. SST-2 MiniLM, 2 threads,
+    # load ~6: 25 vs 20 sentences/s in batches of 8, 27 vs 15 one at a time (docs/deployment.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -171,25 +175,35 @@ def _quiet() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def check_onnx(
-    session: Any,
+def compare_outputs(
+    run: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]],
     graph: OnnxGraph,
     batches: Sequence[dict[str, np.ndarray]],
+    what: str,
 ) -> dict[str, Any]:
-    """Largest absolute difference per output and argmax agreement between onnxruntime and PyTorch."""
+    """Largest absolute difference per output and argmax agreement between ``run`` (an exported
+    program: onnxruntime, a loaded ``model.pt2``) and eager PyTorch on ``batches``."""
     names = graph.output_names
     diff = dict.fromkeys(names, 0.0)
     agree = total = 0
     for batch in batches:
-        got, ref = run_session(session, batch), _torch_outputs(graph, batch)
-        for name, g, r in zip(names, got, ref):
+        for name, g, r in zip(names, run(batch), _torch_outputs(graph, batch)):
             if g.shape != r.shape:
-                raise BertlabError(f"ONNX check: {name} has shape {g.shape}, PyTorch gives {r.shape}")
+                raise BertlabError(f"{what} check: {name} has shape {g.shape}, PyTorch gives {r.shape}")
             d = float(np.abs(g - r).max()) if g.size else 0.0
             diff[name] = max(diff[name], d if np.isfinite(d) else float("inf"))
             a, t = _agreement(g, r, batch["attention_mask"])
             agree, total = agree + a, total + t
     return {"max_abs_diff": diff, "argmax_agreement": agree / max(1, total), "decisions": total}
+
+
+def check_onnx(
+    session: Any,
+    graph: OnnxGraph,
+    batches: Sequence[dict[str, np.ndarray]],
+) -> dict[str, Any]:
+    """:func:`compare_outputs` of an onnxruntime session."""
+    return compare_outputs(lambda batch: run_session(session, batch), graph, batches, "ONNX")
 
 
 def export_onnx(
@@ -347,6 +361,7 @@ __all__ = [
     "OPTIMIZED_OPSET",
     "OnnxGraph",
     "check_onnx",
+    "compare_outputs",
     "export_onnx",
     "make_session",
     "read_info",
