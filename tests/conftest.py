@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from collections.abc import Callable
@@ -83,6 +84,18 @@ def run_in_process(cfg: DictConfig, capsys: pytest.CaptureFixture[str]) -> tuple
     except SystemExit as e:
         code = int(e.code or 0)
     return code, capsys.readouterr().err
+
+
+def words_tokenizer(
+    out_dir: Path, words: list[str], vocab_size: int, texts: int = 300, longest: int = 12
+) -> Path:
+    """A WordPiece vocabulary trained on ``texts`` seeded random sentences of 2..``longest`` of
+    ``words``: the small tokenizer of the tests that build models from random weights."""
+    from bertlab.data.tokenizer import train_wordpiece
+
+    rng = random.Random(0)
+    sample = [" ".join(rng.choice(words) for _ in range(rng.randint(2, longest))) for _ in range(texts)]
+    return train_wordpiece(sample, out_dir, vocab_size=vocab_size, min_frequency=1)
 
 
 def run_cli(

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from bertlab.data.classify import ClassifyDataModule, truncate_pair
 from bertlab.data.labels import sort_labels
 from bertlab.data.sampler import LengthGroupedSampler, ResumableDataLoader
-from bertlab.data.tables import read_table, read_table_with_locations
+from bertlab.data.tables import read_table
 from bertlab.data.tokenizer import load_tokenizer, train_wordpiece
 from bertlab.encoder import BertConfig
 from bertlab.errors import BertlabError
@@ -83,7 +83,7 @@ def test_read_formats(tmp_path: Path, fmt: str) -> None:
         import pyarrow.parquet as pq
 
         pq.write_table(pa.Table.from_pylist(ROWS), path)
-    ds = read_table(path, cache_dir=str(tmp_path / "hf"))
+    ds = read_table(path, cache_dir=str(tmp_path / "hf"))[0]
     assert ds.column_names == ["sentence", "label"]
     assert ds["sentence"] == ["a fine film", "NA", "null"]  # "NA" / "null" stay text
     assert [str(x) for x in ds["label"]] == ["1", "0", "1"]
@@ -93,19 +93,19 @@ def test_format_from_extension_and_override(tmp_path: Path) -> None:
     path = _write(tmp_path / "t.txt", "sentence|label\nok|1\n")
     with pytest.raises(BertlabError, match=r"t\.txt.*format"):
         read_table(path)
-    ds = read_table(path, format="csv", delimiter="|", cache_dir=str(tmp_path / "hf"))
+    ds = read_table(path, format="csv", delimiter="|", cache_dir=str(tmp_path / "hf"))[0]
     assert ds[0] == {"sentence": "ok", "label": "1"}
 
 
 def test_bom_header_and_literal_quotes(tmp_path: Path) -> None:
     text = 'Quality\t#1 String\t#2 String\n1\t"Quoted start\tplain\n0\tsays "hi" there\t5" tall\n'
     path = _write(tmp_path / "mrpc.tsv", b"\xef\xbb\xbf" + text.encode("utf-8"))
-    ds = read_table(path, quoting="none", cache_dir=str(tmp_path / "hf"))
+    ds = read_table(path, quoting="none", cache_dir=str(tmp_path / "hf"))[0]
     assert ds.column_names == ["Quality", "#1 String", "#2 String"]
     assert ds["#1 String"] == ['"Quoted start', 'says "hi" there']
     assert ds["#2 String"] == ["plain", '5" tall']
     # With csv quoting the opening quote swallows the line break and the next row's start.
-    merged = read_table(path, quoting="minimal", cache_dir=str(tmp_path / "hf2"))
+    merged = read_table(path, quoting="minimal", cache_dir=str(tmp_path / "hf2"))[0]
     assert len(merged) == 1 and merged["#1 String"][0].startswith("Quoted start\tplain\n0")
 
 
@@ -122,7 +122,7 @@ def test_invalid_utf8_and_missing_file(tmp_path: Path) -> None:
     path = _write(tmp_path / "latin.csv", b"sentence,label\nok,1\ncaf\xe9,0\n")
     with pytest.raises(BertlabError, match=r"latin\.csv:3: invalid UTF-8"):
         read_table(path)
-    assert read_table(path, encoding="latin-1", cache_dir=str(tmp_path / "hf"))["sentence"][1] == "café"
+    assert read_table(path, encoding="latin-1", cache_dir=str(tmp_path / "hf"))[0]["sentence"][1] == "café"
     with pytest.raises(BertlabError, match=r"file not found: .*nope\.csv"):
         read_table(tmp_path / "nope.csv")
     with pytest.raises(BertlabError, match=r"bad\.jsonl:2: invalid JSON"):
@@ -131,7 +131,7 @@ def test_invalid_utf8_and_missing_file(tmp_path: Path) -> None:
 
 def test_row_locations(tmp_path: Path) -> None:
     path = _write(tmp_path / "t.csv", 'sentence,label\na,1\n\n"two\nlines",0\nc,1\n')
-    ds, where = read_table_with_locations(path, cache_dir=str(tmp_path / "hf"))
+    ds, where = read_table(path, cache_dir=str(tmp_path / "hf"))
     assert ds["sentence"] == ["a", "two\nlines", "c"]
     assert [where(i) for i in range(3)] == [f"{path}:2", f"{path}:4", f"{path}:6"]
 
@@ -519,13 +519,13 @@ def test_metrics_agree_with_sklearn() -> None:
 
 @pytest.mark.skipif(not (SHARED_DATA / "sst2" / "dev.tsv").exists(), reason="shared SST-2 data not present")
 def test_shared_sst2_and_mrpc_dev(tmp_path: Path) -> None:
-    sst2 = read_table(SHARED_DATA / "sst2" / "dev.tsv", quoting="none", cache_dir=str(tmp_path / "hf"))
+    sst2 = read_table(SHARED_DATA / "sst2" / "dev.tsv", quoting="none", cache_dir=str(tmp_path / "hf"))[0]
     assert len(sst2) == 872 and sst2.column_names == ["sentence", "label"]
     assert collections.Counter(sst2["label"]) == {"0": 428, "1": 444}
     mrpc_path = SHARED_DATA / "mrpc" / "dev.tsv"
     if not mrpc_path.exists():
         pytest.skip("shared MRPC data not present")
-    mrpc = read_table(mrpc_path, quoting="none", cache_dir=str(tmp_path / "hf"))
+    mrpc = read_table(mrpc_path, quoting="none", cache_dir=str(tmp_path / "hf"))[0]
     assert len(mrpc) == 408
     assert {"Quality", "#1 String", "#2 String"} <= set(mrpc.column_names)
     assert collections.Counter(mrpc["Quality"]) == {"0": 129, "1": 279}

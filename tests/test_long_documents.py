@@ -23,7 +23,7 @@ from bertlab.errors import BertlabError
 from bertlab.inference import TorchBackend
 from bertlab.tasks.base import load_model
 from bertlab.tasks.classify import ClassifyModule, ClassifyTask, pool_windows
-from tests.conftest import run_cli
+from tests.conftest import run_cli, words_tokenizer
 
 WORDS = (
     "good bad great awful fine poor movie film plot actor story scene the a an is was very not quite "
@@ -35,9 +35,7 @@ STRIDE = 4
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = random.Random(0)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12))) for _ in range(300)]
-    return train_wordpiece(texts, tmp_path_factory.mktemp("tok") / "wp", vocab_size=200, min_frequency=1)
+    return words_tokenizer(tmp_path_factory.mktemp("tok") / "wp", WORDS, vocab_size=200)
 
 
 def _documents(n: int, seed: int = 0) -> list[tuple[str, str]]:

@@ -7,7 +7,6 @@ export), then to ONNX; both backends run on the same text and must agree.
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from bertlab.cli.export import main as export_main
 from bertlab.cli.predict import main as predict_main
-from bertlab.data.tokenizer import load_tokenizer, train_wordpiece
+from bertlab.data.tokenizer import load_tokenizer
 from bertlab.encoder import BertConfig
 from bertlab.errors import BertlabError
 from bertlab.export import onnx as onnx_export
@@ -28,6 +27,7 @@ from bertlab.tasks.base import Task, export_onnx_beside, load_model
 from bertlab.tasks.classify import ClassifyTask
 from bertlab.tasks.ner import NerTask
 from bertlab.tasks.pretrain import PretrainTask
+from tests.conftest import words_tokenizer
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -55,9 +55,7 @@ NER_LINES = [
 
 @pytest.fixture(scope="module")
 def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rng = random.Random(0)
-    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 12))) for _ in range(300)]
-    return train_wordpiece(texts, tmp_path_factory.mktemp("tok") / "wp", vocab_size=120, min_frequency=1)
+    return words_tokenizer(tmp_path_factory.mktemp("tok") / "wp", WORDS, vocab_size=120)
 
 
 def _config(tok_dir: Path) -> BertConfig:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bertlab.data.default_corpus import write_default_corpus
-from bertlab.data.pretrain import PretrainDataModule, _keep_rows
+from bertlab.data.pretrain import PretrainDataModule, keep_rows
 
 
 @pytest.fixture
@@ -62,9 +62,9 @@ def _docs_naming_themselves(num_docs: int) -> datasets.Dataset:
 
 
 def _nsp_instances(docs: datasets.Dataset, window: int | None) -> dict[str, list]:
-    from bertlab.data.pretrain import _build_instances
+    from bertlab.data.pretrain import build_instances
 
-    return _build_instances(
+    return build_instances(
         {},
         list(range(len(docs))),
         docs,
@@ -115,7 +115,7 @@ def test_a_split_written_by_a_map_equals_select_of_its_indices(tmp_path: Path) -
     keep[np.random.default_rng(3).permutation(len(docs))[:117]] = True
     for mask in (keep, ~keep):
         written = docs.map(
-            _keep_rows,
+            keep_rows,
             batched=True,
             batch_size=1000,
             with_indices=True,

@@ -10,7 +10,9 @@ the backend in length-sorted batches and decodes the outputs; ``bertlab-predict`
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bertlab.data.sampler import FixedBatchSampler
 from bertlab.errors import BertlabError
 from bertlab.export.onnx import INPUT_NAMES, ONNX_FILE, OnnxGraph, make_session, read_info, run_session
 from bertlab.io import directory_digest
@@ -87,43 +90,36 @@ class OnnxBackend:
         return run_session(self.session, batch)
 
 
-def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices in batches of similar length (shortest first; stable), so little padding is computed."""
-    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
-    for i in range(0, len(order), batch_size):
-        yield [int(j) for j in order[i : i + batch_size]]
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar length (the evaluation batching: longest first), so little
+    padding is computed; answers go back in input order by index."""
+    return FixedBatchSampler(lengths, batch_size).batches
 
 
-class Predictor:
+@dataclass
+class Predictor(ABC):
     """Inputs in, answers out, for one task. Subclasses implement :meth:`parse` (one input, from a
     line of text or a JSON value) and :meth:`predict` (a list of parsed inputs -> one JSON-ready
     dict each, in order)."""
 
-    def __init__(
-        self,
-        task: Any,
-        model: nn.Module,
-        tokenizer: Any,
-        backend: Backend,
-        max_seq_length: int,
-        batch_size: int,
-    ) -> None:
-        if batch_size < 1:
-            raise BertlabError(f"batch size {batch_size} must be at least 1")
-        self.task = task
-        self.model = model
-        self.tokenizer = tokenizer
-        self.backend = backend
-        self.max_seq_length = max_seq_length
-        self.batch_size = batch_size
+    task: Any
+    model: nn.Module
+    tokenizer: Any
+    backend: Backend
+    max_seq_length: int
+    batch_size: int
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise BertlabError(f"batch size {self.batch_size} must be at least 1")
+
+    @abstractmethod
     def parse(self, item: Any, where: str = "input") -> Any:
         """One input, checked: a line of text, or a JSON value (a server request's item, a JSONL
         line). Raises :class:`BertlabError` saying what is wrong with it, prefixed by ``where``."""
-        raise NotImplementedError
 
-    def predict(self, inputs: Sequence[Any]) -> list[dict[str, Any]]:
-        raise NotImplementedError
+    @abstractmethod
+    def predict(self, inputs: Sequence[Any]) -> list[dict[str, Any]]: ...
 
     def stream(self, items: Iterable[tuple[str, Any]], chunk_size: int = 1024) -> Iterator[dict[str, Any]]:
         """Answers for ``(where, item)`` pairs in order, ``chunk_size`` inputs at a time: memory stays

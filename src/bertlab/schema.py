@@ -59,23 +59,15 @@ class HardwareSettings:
 
 
 # (section, key) -> (limit, included?) for numbers with a floor or a ceiling.
-MINIMUM = {
-    ("trainer", "max_steps"): (-1, True),
-    ("trainer", "max_epochs"): (-1, True),
-    ("trainer", "log_every_n_steps"): (1, True),
-    ("trainer", "accumulate_grad_batches"): (1, True),
-    ("optimizer", "lr"): (0.0, False),
-    ("optimizer", "weight_decay"): (0.0, True),
-    ("optimizer", "eps"): (0.0, False),
-    ("optimizer", "warmup_steps"): (0, True),
-    ("optimizer", "warmup_ratio"): (0.0, True),
-    ("data", "batch_size"): (1, True),
-    ("data", "eval_batch_size"): (1, True),
-    ("data", "max_seq_length"): (3, True),
-    ("hardware", "threads"): (1, True),
-    ("hardware", "num_workers"): (0, True),
-    ("hardware", "micro_batch_size"): (1, True),
-}
+_FLOORS: dict[str, dict[str, tuple[float, bool]]] = {
+    "trainer": {"max_steps": (-1, True), "max_epochs": (-1, True), "log_every_n_steps": (1, True),
+                "accumulate_grad_batches": (1, True)},
+    "optimizer": {"lr": (0.0, False), "weight_decay": (0.0, True), "eps": (0.0, False),
+                  "warmup_steps": (0, True), "warmup_ratio": (0.0, True)},
+    "data": {"batch_size": (1, True), "eval_batch_size": (1, True), "max_seq_length": (3, True)},
+    "hardware": {"threads": (1, True), "num_workers": (0, True), "micro_batch_size": (1, True)},
+}  # fmt: skip
+MINIMUM = {(section, key): limit for section, keys in _FLOORS.items() for key, limit in keys.items()}
 MAXIMUM = {("optimizer", "warmup_ratio"): (1.0, False), ("optimizer", "final_lr_fraction"): (1.0, True)}
 
 # ------------------------------------------------------------------ annotations from source

@@ -183,76 +183,30 @@ def get_entities(tags: Sequence[str] | Sequence[Sequence[str]], suffix: bool = F
 _ANY = "IOBESUL"
 # (previous prefixes, current prefixes, type condition) as in seqeval.scheme; cond: same/diff/any.
 _Pattern = tuple[str, str, str]
+# seqeval.scheme's patterns, one word each: "P>C" (previous prefix, current prefix; * for any prefix),
+# then "=" when the two types must be the same, "!" when they must differ, nothing for any types.
+# Per scheme: (allowed prefixes, start patterns, inside patterns, end patterns).
+_STRICT_TABLE: dict[str, tuple[str, str, str, str]] = {
+    "IOB1": ("IOB", "O>I I>I! B>I I>B= B>B=", "B>I= I>I=", "I>I! I>O I>B B>O B>I! B>B="),
+    "IOE1": ("IOE", "O>I I>I! E>I E>E=", "I>I= I>E=", "I>I! I>O I>E! E>I= E>E="),
+    "IOB2": ("IOB", "*>B", "B>I= I>I=", "I>O I>I! I>B B>O B>I! B>B"),
+    "IOE2": ("IOE", "O>I O>E E>I E>E I>I! I>E!", "I>E= I>I=", "E>*"),
+    "IOBES": ("IOBES", "*>B *>S", "B>I= B>E= I>I= I>E=", "S>* E>*"),
+    "BILOU": ("BILOU", "*>B *>U", "B>I= B>L= I>I= I>L=", "U>* L>*"),
+}
+
+
+def _patterns(words: str) -> list[_Pattern]:
+    conditions = {"=": "same", "!": "diff", "": "any"}
+    return [
+        (_ANY if w[0] == "*" else w[0], _ANY if w[2] == "*" else w[2], conditions[w[3:]])
+        for w in words.split()
+    ]
+
+
 _STRICT: dict[str, dict[str, Any]] = {
-    "IOB1": {
-        "allowed": "IOB",
-        "start": [
-            ("O", "I", "any"),
-            ("I", "I", "diff"),
-            ("B", "I", "any"),
-            ("I", "B", "same"),
-            ("B", "B", "same"),
-        ],
-        "inside": [("B", "I", "same"), ("I", "I", "same")],
-        "end": [
-            ("I", "I", "diff"),
-            ("I", "O", "any"),
-            ("I", "B", "any"),
-            ("B", "O", "any"),
-            ("B", "I", "diff"),
-            ("B", "B", "same"),
-        ],
-    },
-    "IOE1": {
-        "allowed": "IOE",
-        "start": [("O", "I", "any"), ("I", "I", "diff"), ("E", "I", "any"), ("E", "E", "same")],
-        "inside": [("I", "I", "same"), ("I", "E", "same")],
-        "end": [
-            ("I", "I", "diff"),
-            ("I", "O", "any"),
-            ("I", "E", "diff"),
-            ("E", "I", "same"),
-            ("E", "E", "same"),
-        ],
-    },
-    "IOB2": {
-        "allowed": "IOB",
-        "start": [(_ANY, "B", "any")],
-        "inside": [("B", "I", "same"), ("I", "I", "same")],
-        "end": [
-            ("I", "O", "any"),
-            ("I", "I", "diff"),
-            ("I", "B", "any"),
-            ("B", "O", "any"),
-            ("B", "I", "diff"),
-            ("B", "B", "any"),
-        ],
-    },
-    "IOE2": {
-        "allowed": "IOE",
-        "start": [
-            ("O", "I", "any"),
-            ("O", "E", "any"),
-            ("E", "I", "any"),
-            ("E", "E", "any"),
-            ("I", "I", "diff"),
-            ("I", "E", "diff"),
-        ],
-        "inside": [("I", "E", "same"), ("I", "I", "same")],
-        "end": [("E", _ANY, "any")],
-    },
-    "IOBES": {
-        "allowed": "IOBES",
-        "start": [(_ANY, "B", "any"), (_ANY, "S", "any")],
-        "inside": [("B", "I", "same"), ("B", "E", "same"), ("I", "I", "same"), ("I", "E", "same")],
-        "end": [("S", _ANY, "any"), ("E", _ANY, "any")],
-    },
-    "BILOU": {
-        "allowed": "BILOU",
-        "start": [(_ANY, "B", "any"), (_ANY, "U", "any")],
-        "inside": [("B", "I", "same"), ("B", "L", "same"), ("I", "I", "same"), ("I", "L", "same")],
-        "end": [("U", _ANY, "any"), ("L", _ANY, "any")],
-    },
+    name: {"allowed": allowed, "start": _patterns(s), "inside": _patterns(i), "end": _patterns(e)}
+    for name, (allowed, s, i, e) in _STRICT_TABLE.items()
 }
 
 
@@ -326,6 +280,20 @@ def _divide(num: int, den: int) -> float:
 def _f1(p: float, r: float) -> float:
     denom = 1 * p + r  # seqeval: beta2 * precision + recall, 0 -> 1
     return 2 * p * r / (denom if denom != 0.0 else 1)
+
+
+def _scores(tp: int, pred: int, gold: int) -> dict[str, Any]:
+    """Precision, recall and F1 of ``tp`` true positives among ``pred`` predicted and ``gold`` gold
+    entities, with the counts."""
+    p, r = _divide(tp, pred), _divide(tp, gold)
+    return {
+        "precision": p,
+        "recall": r,
+        "f1": _f1(p, r),
+        "true_positives": tp,
+        "predicted": pred,
+        "support": gold,
+    }
 
 
 @dataclass
@@ -415,27 +383,12 @@ class EntityCounts:
         types = sorted(set(self.gold) | set(self.predicted))
         per_type: dict[str, dict[str, Any]] = {}
         for t in types:
-            tp, pred, gold = self.true_positives.get(t, 0), self.predicted.get(t, 0), self.gold.get(t, 0)
-            p, r = _divide(tp, pred), _divide(tp, gold)
-            per_type[t] = {
-                "precision": p,
-                "recall": r,
-                "f1": _f1(p, r),
-                "true_positives": tp,
-                "predicted": pred,
-                "support": gold,
-            }
-        tp = sum(self.true_positives.values())
-        pred = sum(self.predicted.values())
+            per_type[t] = _scores(
+                self.true_positives.get(t, 0), self.predicted.get(t, 0), self.gold.get(t, 0)
+            )
         gold = sum(self.gold.values())
-        p, r = _divide(tp, pred), _divide(tp, gold)
         out: dict[str, Any] = {
-            "precision": p,
-            "recall": r,
-            "f1": _f1(p, r),
-            "true_positives": tp,
-            "predicted": pred,
-            "support": gold,
+            **_scores(sum(self.true_positives.values()), sum(self.predicted.values()), gold),
             "sentences": self.sentences,
             "per_type": per_type,
         }

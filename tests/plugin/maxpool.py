@@ -30,10 +30,7 @@ from bertlab.tasks.base import (
     RunContext,
     Task,
     TaskModule,
-    datamodule,
-    init_encoder,
-    model_config,
-    tokenizer_for,
+    build_finetune,
     write_export,
 )
 
@@ -80,22 +77,12 @@ class MaxPoolTask(Task):
         super().__init__(**settings)
         self.settings.update(labels=list(labels) if labels else None, max_seq_length=max_seq_length)
 
-    @property
-    def labels(self) -> list[str]:
-        return list(self.settings["labels"])
-
     def default_monitor(self, cfg: DictConfig) -> tuple[str, str]:
         return "val/acc", "max"
 
     def build(self, cfg: DictConfig, pretrained: Pretrained | None, run: RunContext) -> Job:
-        tokenizer_dir = tokenizer_for(cfg, pretrained)
-        config = model_config(cfg, tokenizer_dir, pretrained)
-        data = datamodule(cfg, run.micro_batch, tokenizer_dir=str(tokenizer_dir), cache_dir=run.cache_dir)
-        data.setup("fit")
-        self.settings.update(labels=list(data.labels), max_seq_length=data.max_seq_length)
-        model = self.build_model(config)
-        init_encoder(model, pretrained)
-        return Job(data, MaxPoolModule(model, self, run.optimizer), tokenizer_dir)
+        from_data = ("labels", "max_seq_length")
+        return build_finetune(self, cfg, pretrained, run, MaxPoolModule, from_data, cache_dir=run.cache_dir)
 
     def summary(self, job: Job) -> dict[str, Any]:
         return {"labels": self.labels}

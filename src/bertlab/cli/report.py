@@ -29,6 +29,14 @@ def _plt():
     return plt
 
 
+def _save(fig: Any, out: Path) -> Path:
+    """Write the figure as a PNG and free it (pyplot keeps every open figure alive)."""
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    _plt().close(fig)
+    return out
+
+
 def read_metrics_csv(path: Path) -> dict[str, list[tuple[int, float]]]:
     """``{metric: [(step, value), ...]}`` from Lightning's CSV log."""
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -62,10 +70,7 @@ def plot_curves(series: dict[str, list[tuple[int, float]]], out: Path) -> Path:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_confusion(matrix: list[list[float]], labels: list[str], out: Path) -> Path:
@@ -82,10 +87,7 @@ def plot_confusion(matrix: list[list[float]], labels: list[str], out: Path) -> P
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("confusion matrix")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_entities(per_type: dict[str, dict[str, float]], out: Path) -> Path:
@@ -102,10 +104,7 @@ def plot_entities(per_type: dict[str, dict[str, float]], out: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("entity F1")
     ax.set_title("F1 per entity type")
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def report_run(run_dir: Path) -> Path:

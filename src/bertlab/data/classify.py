@@ -42,7 +42,7 @@ from bertlab.data.tables import (
     QUOTING,
     RowLocator,
     quiet_datasets,
-    read_table_with_locations,
+    read_table,
     require_columns,
 )
 from bertlab.data.tokenizer import load_tokenizer, special_token_ids
@@ -156,18 +156,9 @@ def encode_pairs(
     return {"input_ids": input_ids, "a_len": a_lens, "length": [len(x) for x in input_ids]}
 
 
-def _encode_batch(
-    batch: dict[str, list],
-    tokenizer: Any,
-    max_seq_length: int,
-    cls_id: int,
-    sep_id: int,
-    long_text: str = "truncate",
-    stride: int = 0,
-) -> dict[str, list]:
-    return encode_pairs(
-        tokenizer, batch["text"], batch.get("pair"), max_seq_length, cls_id, sep_id, long_text, stride
-    )
+def _encode_batch(batch: dict[str, list], tokenizer: Any, **options: Any) -> dict[str, list]:
+    """:func:`encode_pairs` of a ``datasets`` batch (its ``text`` and optional ``pair`` columns)."""
+    return encode_pairs(tokenizer, batch["text"], batch.get("pair"), **options)
 
 
 class EncodedDataset(TorchDataset):
@@ -536,7 +527,7 @@ class ClassifyDataModule(L.LightningDataModule):
             path = self.files[split]
             if path is None:
                 raise BertlabError(f"data.{split}_file is not set")
-            ds, where = read_table_with_locations(path, cache_dir=self.cache_dir, **self.read_options)
+            ds, where = read_table(path, cache_dir=self.cache_dir, **self.read_options)
         require_columns(
             ds,
             path,
@@ -767,18 +758,18 @@ class ClassifyDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        if self.val_set is None:
-            self.setup("validate")
-        if self.val_set is None:
-            raise BertlabError("data.validation_file is not set")
-        return self._eval_loader(self.val_set)
+        return self._eval_loader(self._split("validate", "val_set", "data.validation_file"))
 
     def test_dataloader(self) -> DataLoader:
-        if self.test_set is None:
-            self.setup("test")
-        if self.test_set is None:
-            raise BertlabError("data.test_file is not set")
-        return self._eval_loader(self.test_set)
+        return self._eval_loader(self._split("test", "test_set", "data.test_file"))
+
+    def _split(self, stage: str, attribute: str, setting: str) -> EncodedDataset:
+        """The encoded split at ``attribute``, set up for ``stage`` if it is not yet."""
+        if getattr(self, attribute) is None:
+            self.setup(stage)
+        if getattr(self, attribute) is None:
+            raise BertlabError(f"{setting} is not set")
+        return getattr(self, attribute)
 
     # ------------------------------------------------------------------------ state
 

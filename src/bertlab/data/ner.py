@@ -33,7 +33,7 @@ from bertlab.constants import IGNORE_INDEX
 from bertlab.data.conll import Sentence, read_conll
 from bertlab.data.sampler import FixedBatchSampler, LengthGroupedSampler, ResumableDataLoader, rank_world
 from bertlab.data.splits import hold_out
-from bertlab.data.tables import read_table_with_locations
+from bertlab.data.tables import read_table
 from bertlab.data.tokenizer import load_tokenizer, special_token_ids
 from bertlab.errors import BertlabError
 from bertlab.tagging import canonical_scheme, check_tag
@@ -365,7 +365,7 @@ class NerDataModule(L.LightningDataModule):
 
     def _read_table(self, path: Path) -> list[Sentence]:
         """JSON lines (or a JSON array) with a list of tokens and a list of tags per row."""
-        rows, where = read_table_with_locations(path)
+        rows, where = read_table(path)
         return self._sentences_of(rows, where, str(path), None)
 
     def _read_hub(self, split: str, split_name: str) -> list[Sentence]:

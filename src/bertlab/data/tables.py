@@ -38,7 +38,6 @@ __all__ = [
     "detect_format",
     "quiet_datasets",
     "read_table",
-    "read_table_with_locations",
     "require_columns",
 ]
 
@@ -250,7 +249,7 @@ def _load(
         raise _explain(e, path, text_encoding) from e
 
 
-def read_table_with_locations(
+def read_table(
     path: str | Path,
     format: str | None = None,
     delimiter: str | None = None,
@@ -258,7 +257,13 @@ def read_table_with_locations(
     quoting: str = "minimal",
     cache_dir: str | None = None,
 ) -> tuple[datasets.Dataset, RowLocator]:
-    """:func:`read_table`, plus a :class:`RowLocator` that names the file line of each row."""
+    """A labelled table as a ``datasets.Dataset``, and a :class:`RowLocator` that names the file line
+    of each row; every problem is a :class:`BertlabError`.
+
+    ``format``: csv, tsv, json (an array of objects, or JSON lines), jsonl or parquet; by default from
+    the extension. ``delimiter`` overrides the csv/tsv separator. ``quoting="none"`` reads quote
+    characters as text (SST-2, MRPC). CSV/TSV columns are all text.
+    """
     path = Path(path)
     fmt = detect_format(path, format)
     if quoting not in QUOTING:
@@ -307,23 +312,6 @@ def read_table_with_locations(
         log.warning("%s: read %d rows but counted %d; line numbers may be off", path, len(ds), len(lines))
         lines = None
     return ds, RowLocator(path, lines, first_line)
-
-
-def read_table(
-    path: str | Path,
-    format: str | None = None,
-    delimiter: str | None = None,
-    encoding: str = "utf-8",
-    quoting: str = "minimal",
-    cache_dir: str | None = None,
-) -> datasets.Dataset:
-    """Read a labelled table into a ``datasets.Dataset``; raise :class:`BertlabError` on bad input.
-
-    ``format``: csv, tsv, json (an array of objects, or JSON lines), jsonl or parquet; by default from
-    the extension. ``delimiter`` overrides the csv/tsv separator. ``quoting="none"`` reads quote
-    characters as text (SST-2, MRPC). CSV/TSV columns are all text.
-    """
-    return read_table_with_locations(path, format, delimiter, encoding, quoting, cache_dir)[0]
 
 
 def require_columns(ds: datasets.Dataset, path: str | Path, columns: dict[str, str | None]) -> None:

@@ -26,7 +26,7 @@ import torch
 
 from bertlab.errors import BertlabError
 from bertlab.export.files import PT2_FILE, PT2_INFO_FILE, read_pt2_info
-from bertlab.export.onnx import FP32_ATOL, INPUT_NAMES, OnnxGraph, _agreement, _quiet, _torch_outputs
+from bertlab.export.onnx import FP32_ATOL, INPUT_NAMES, OnnxGraph, _quiet, compare_outputs
 from bertlab.io import temporary_name
 
 __all__ = ["PT2_FILE", "PT2_INFO_FILE", "export_pt2", "load_pt2", "read_pt2_info"]
@@ -56,20 +56,12 @@ def load_pt2(path: str | Path) -> torch.nn.Module:
 
 
 def _check(module: torch.nn.Module, graph: OnnxGraph, batches: Sequence[dict[str, np.ndarray]]) -> dict:
-    diff = dict.fromkeys(graph.output_names, 0.0)
-    agree = total = 0
-    for batch in batches:
+    def run(batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
             out = module(*(torch.from_numpy(batch[name]) for name in INPUT_NAMES))
-        got = [t.float().numpy() for t in (out if isinstance(out, tuple | list) else (out,))]
-        for name, g, r in zip(graph.output_names, got, _torch_outputs(graph, batch)):
-            if g.shape != r.shape:
-                raise BertlabError(f"torch.export check: {name} has shape {g.shape}, eager gives {r.shape}")
-            d = float(np.abs(g - r).max()) if g.size else 0.0
-            diff[name] = max(diff[name], d if np.isfinite(d) else float("inf"))
-            a, t = _agreement(g, r, batch["attention_mask"])
-            agree, total = agree + a, total + t
-    return {"max_abs_diff": diff, "argmax_agreement": agree / max(1, total), "decisions": total}
+        return [t.float().numpy() for t in (out if isinstance(out, tuple | list) else (out,))]
+
+    return compare_outputs(run, graph, batches, "torch.export")
 
 
 def export_pt2(

@@ -21,7 +21,9 @@ defined outside bertlab works everywhere as long as its module can be imported.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -150,14 +152,27 @@ class TaskModule(L.LightningModule):
             self.model.compile(dynamic=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return optim.configure(
-            self.model, self.hparams["optimizer"], int(self.trainer.estimated_stepping_batches)
-        )
+        return optim.configure(self.model, self.hparams["optimizer"], self.planned_steps())
+
+    def planned_steps(self) -> int:
+        """The run's optimizer steps (what the schedule spans), counted as Lightning's
+        ``Trainer.estimated_stepping_batches`` counts them but from a loader of the DataModule's own.
+        That property builds the trainer's training loader, and when it does so before a resumed run
+        restores the loader's position (configure_optimizers runs before the restore), the position is
+        never applied and the run starts its epoch again (Lightning #20550)."""
+        trainer = self.trainer
+        if trainer.max_epochs in (None, -1):  # counted in steps: no data needed
+            return int(trainer.estimated_stepping_batches)
+        batches = len(trainer.datamodule.train_dataloader())
+        limit = trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * float(limit or 1.0))
+        steps = math.ceil(batches / trainer.accumulate_grad_batches) * max(1, int(trainer.max_epochs))
+        return min(steps, trainer.max_steps) if trainer.max_steps > 0 else steps
 
 
-class Task:
+class Task(ABC):
     """The interface the commands use (see the module docstring). Subclasses set the class attributes
-    and implement the methods that raise ``NotImplementedError`` here."""
+    and implement its abstract methods."""
 
     name: ClassVar[str] = ""
     # the DataModule class this task reads: the data config's _target_ must be it or a subclass
@@ -205,9 +220,16 @@ class Task:
                 "or, to start from random weights, a tokenizer (tokenizer.path=<dir>)"
             )
 
+    @abstractmethod
     def default_monitor(self, cfg: DictConfig) -> tuple[str, str]:
         """The validation metric that picks the best checkpoint, and ``min`` or ``max``."""
-        raise NotImplementedError
+
+    @property
+    def labels(self) -> list[str]:
+        """The label names in the order of the model's outputs (``settings["labels"]``)."""
+        if not self.settings.get("labels"):
+            raise BertlabError(f"the {self.name} model has no label names")
+        return list(self.settings["labels"])
 
     def monitor(self, cfg: DictConfig) -> tuple[str, str]:
         """``task.monitor`` / ``task.monitor_mode`` when set, else :meth:`default_monitor`."""
@@ -216,10 +238,10 @@ class Task:
 
     # ------------------------------------------------------------------------------- training
 
+    @abstractmethod
     def build(self, cfg: DictConfig, pretrained: Pretrained | None, run: RunContext) -> Job:
         """The DataModule and LightningModule for ``cfg``, the model initialised from ``pretrained``.
         Also completes this task's settings from the data (labels, scheme, ...)."""
-        raise NotImplementedError
 
     def summary(self, job: Job) -> dict[str, Any]:
         """What the task adds to ``summary.json`` (data statistics, labels, reports)."""
@@ -235,9 +257,9 @@ class Task:
             **self.settings,
         }
 
+    @abstractmethod
     def build_model(self, config: BertConfig) -> nn.Module:
         """The plain-torch model (fresh weights) for an encoder of shape ``config``."""
-        raise NotImplementedError
 
     def load_model(self, pretrained: Pretrained) -> nn.Module:
         """The model with the weights of ``pretrained``, in eval mode. A bertlab checkpoint holds the
@@ -258,33 +280,39 @@ class Task:
             )
         return model.eval()
 
+    @abstractmethod
     def head_from_hf(self, pretrained: Pretrained) -> dict[str, torch.Tensor]:
         """The head's weights (our names) from an HF directory's non-encoder weights."""
-        raise NotImplementedError
 
+    @abstractmethod
     def export_hf(
         self, model: nn.Module, tokenizer_dir: Path, out_dir: Path, metadata: dict[str, Any]
     ) -> Path:
         """Write ``model`` as an HF-format directory that a standard loader reproduces exactly, or
         raise :class:`BertlabError` naming the alternatives when no such layout exists."""
-        raise NotImplementedError
 
+    @abstractmethod
     def check_batches(
         self, tokenizer: Any, texts: Sequence[str], max_seq_length: int
     ) -> list[dict[str, np.ndarray]]:
         """Model inputs encoded from ``texts`` for the ONNX check: all texts padded into one batch,
         then the first alone (a second batch shape)."""
-        raise NotImplementedError
 
     # ----------------------------------------------------------------------------- prediction
 
+    @abstractmethod
     def predictor(
         self, model: nn.Module, tokenizer: Any, backend: Backend, max_seq_length: int, batch_size: int
-    ) -> Predictor:
-        raise NotImplementedError
+    ) -> Predictor: ...
 
 
 # ------------------------------------------------------------------------ shared by tasks
+
+
+def split_pair(text: str) -> tuple[str, str | None]:
+    """A line of text as a model input: ``a<TAB>b`` is the pair (a, b), anything else a single text."""
+    first, tab, second = text.partition("\t")
+    return (first, second) if tab else (text, None)
 
 
 def tokenizer_files(tokenizer_dir: Path) -> list[Path]:
@@ -367,6 +395,40 @@ def datamodule(cfg: DictConfig, micro_batch: int, **run_settings: Any) -> L.Ligh
         if isinstance(e.__cause__, BertlabError):
             raise e.__cause__ from None
         raise
+
+
+def build_finetune(
+    task: Task,
+    cfg: DictConfig,
+    pretrained: Pretrained | None,
+    run: RunContext,
+    module_class: type[TaskModule],
+    from_data: Sequence[str],
+    **run_settings: Any,
+) -> Job:
+    """:meth:`Task.build` of a fine-tuning task: the tokenizer (loaded once first, so that a broken
+    tokenizer fails before any data is read), the DataModule set up for fitting, the task's settings
+    named in ``from_data`` read from it (labels, scheme, lengths), then the model, its encoder
+    started from ``pretrained``, in a ``module_class``."""
+    tokenizer_dir = tokenizer_for(cfg, pretrained)
+    load_tokenizer(tokenizer_dir)
+    config = model_config(cfg, tokenizer_dir, pretrained)
+    data = datamodule(cfg, run.micro_batch, tokenizer_dir=str(tokenizer_dir), **run_settings)
+    data.prepare_data()
+    data.setup("fit")
+    for name in from_data:
+        value = getattr(data, name)
+        task.settings[name] = list(value) if isinstance(value, list) else value  # a copy: the task's own
+    model = task.build_model(config)
+    init_encoder(model, pretrained)
+    return Job(data, module_class(model, task, run.optimizer), tokenizer_dir)
+
+
+def validation_split_summary(data: Any) -> dict[str, Any]:
+    """``summary.json``'s record of where the validation rows came from, when the DataModule held
+    them out of the training data (no validation file); empty otherwise."""
+    rows = getattr(data, "held_out_rows", None)
+    return {"validation_split": {"size": len(rows), "rows": rows}} if rows else {}
 
 
 def init_encoder(model: nn.Module, pretrained: Pretrained | None) -> None:
@@ -462,6 +524,25 @@ def _export_inputs(
     return export_dir, task, model, pretrained, task.check_batches(tokenizer, texts, length), metadata
 
 
+def _export_beside(
+    write: Callable[..., dict[str, Any]],
+    path: str | Path,
+    check_texts: Sequence[str] | None,
+    max_seq_length: int,
+    what: str,
+    **options: Any,
+) -> tuple[Path, dict[str, Any]]:
+    """``write`` (an exporter of :mod:`bertlab.export`) the model of a run or export directory into its
+    export directory, checked on the task's encoding of ``check_texts``; (export dir, its info json)."""
+    export_dir, task, model, pretrained, batches, metadata = _export_inputs(
+        path, check_texts, max_seq_length, what
+    )
+    graph = OnnxGraph(model, task.output_names)
+    max_positions = pretrained.config.max_position_embeddings
+    info = write(graph, export_dir, batches, max_positions=max_positions, metadata=metadata, **options)
+    return export_dir, info
+
+
 def export_onnx_beside(
     path: str | Path,
     quantize: str | None = None,
@@ -476,23 +557,11 @@ def export_onnx_beside(
     """Export the model of a run or export directory to ``<export dir>/model.onnx``, checked against
     PyTorch on ``check_texts`` encoded as the task encodes them; returns (export dir, onnx.json).
     ``optimize``: the fully fused graph (onnxruntime's BERT fusions) instead of the dynamo export."""
-    export_dir, task, model, pretrained, batches, metadata = _export_inputs(
-        path, check_texts, max_seq_length, "ONNX export"
-    )
-    info = export_onnx(
-        OnnxGraph(model, task.output_names),
-        export_dir,
-        batches,
-        max_positions=pretrained.config.max_position_embeddings,
-        opset=opset,
-        quantize=quantize,
-        optimize=optimize,
-        threads=threads,
-        atol=atol,
-        int8_min_agreement=int8_min_agreement,
-        metadata=metadata,
-    )
-    return export_dir, info
+    options = {"opset": opset, "quantize": quantize, "optimize": optimize, "threads": threads}
+    return _export_beside(
+        export_onnx, path, check_texts, max_seq_length, "ONNX export",
+        atol=atol, int8_min_agreement=int8_min_agreement, **options,
+    )  # fmt: skip
 
 
 def export_pt2_beside(
@@ -503,15 +572,4 @@ def export_pt2_beside(
 ) -> tuple[Path, dict[str, Any]]:
     """Export the model of a run or export directory to ``<export dir>/model.pt2`` (a ``torch.export``
     ExportedProgram), checked against eager PyTorch like the ONNX file; returns (export dir, pt2.json)."""
-    export_dir, task, model, pretrained, batches, metadata = _export_inputs(
-        path, check_texts, max_seq_length, "torch.export"
-    )
-    info = export_pt2(
-        OnnxGraph(model, task.output_names),
-        export_dir,
-        batches,
-        max_positions=pretrained.config.max_position_embeddings,
-        atol=atol,
-        metadata=metadata,
-    )
-    return export_dir, info
+    return _export_beside(export_pt2, path, check_texts, max_seq_length, "torch.export", atol=atol)

@@ -47,7 +47,6 @@ from torchmetrics.regression import MeanSquaredError, PearsonCorrCoef, SpearmanC
 
 from bertlab.data.classify import LONG_TEXT, ClassifyDataModule, PairEncoder
 from bertlab.data.labels import PROBLEM_TYPES
-from bertlab.data.tokenizer import load_tokenizer
 from bertlab.encoder import BertConfig, BertForSequenceClassification, encoder_to_hf
 from bertlab.errors import BertlabError
 from bertlab.export.hf import save_safetensors
@@ -58,10 +57,9 @@ from bertlab.tasks.base import (
     RunContext,
     Task,
     TaskModule,
-    datamodule,
-    init_encoder,
-    model_config,
-    tokenizer_for,
+    build_finetune,
+    split_pair,
+    validation_split_summary,
     write_export,
 )
 
@@ -268,12 +266,6 @@ class ClassifyTask(Task):
         )
 
     @property
-    def labels(self) -> list[str]:
-        if not self.settings["labels"]:
-            raise BertlabError("the classifier has no label names")
-        return list(self.settings["labels"])
-
-    @property
     def problem_type(self) -> str:
         return str(self.settings["problem_type"])
 
@@ -292,22 +284,8 @@ class ClassifyTask(Task):
         return MONITORS[problem]
 
     def build(self, cfg: DictConfig, pretrained: Pretrained | None, run: RunContext) -> Job:
-        tokenizer_dir = tokenizer_for(cfg, pretrained)
-        load_tokenizer(tokenizer_dir)  # a clear error for a broken tokenizer before reading data
-        config = model_config(cfg, tokenizer_dir, pretrained)
-        data = datamodule(cfg, run.micro_batch, tokenizer_dir=str(tokenizer_dir), cache_dir=run.cache_dir)
-        data.prepare_data()
-        data.setup("fit")
-        self.settings.update(
-            labels=list(data.labels),
-            problem_type=data.problem_type,
-            max_seq_length=data.max_seq_length,
-            long_text=data.long_text,
-            stride=data.stride,
-        )
-        model = self.build_model(config)
-        init_encoder(model, pretrained)
-        return Job(data, ClassifyModule(model, self, run.optimizer), tokenizer_dir)
+        from_data = ("labels", "problem_type", "max_seq_length", "long_text", "stride")
+        return build_finetune(self, cfg, pretrained, run, ClassifyModule, from_data, cache_dir=run.cache_dir)
 
     def summary(self, job: Job) -> dict[str, Any]:
         out: dict[str, Any] = {"labels": self.labels}
@@ -322,11 +300,7 @@ class ClassifyTask(Task):
                 )
                 if ds is not None and len(ds)
             }
-        if job.datamodule.held_out_rows:  # no validation file: where the validation rows came from
-            out["validation_split"] = {
-                "size": len(job.datamodule.held_out_rows),
-                "rows": job.datamodule.held_out_rows,
-            }
+        out.update(validation_split_summary(data))
         if getattr(job.module, "last_confusion", None) is not None:
             out["reports"] = {"confusion": job.module.last_confusion}
         return out
@@ -360,14 +334,11 @@ class ClassifyTask(Task):
         out_dir: Path,
         metadata: dict[str, Any],
     ) -> Path:
-        encoder_state = {
-            k[len("encoder.") :]: v for k, v in model.state_dict().items() if k.startswith("encoder.")
-        }
         labels = self.labels
         label_maps = {"id2label": dict(enumerate(labels)), "label2id": {x: i for i, x in enumerate(labels)}}
         classifier = model.head.classifier
         if self.settings["pooling"] == "cls":
-            state = encoder_to_hf(encoder_state, model.config, prefix="bert.")
+            state = encoder_to_hf(model.encoder.state_dict(), model.config, prefix="bert.")
             state["classifier.weight"], state["classifier.bias"] = classifier.weight, classifier.bias
             config = {
                 "architectures": ["BertForSequenceClassification"],
@@ -406,7 +377,7 @@ class ClassifyTask(Task):
                 tmp / ST_DENSE / "model.safetensors",
             )
 
-        state = encoder_to_hf(encoder_state, model.config, prefix="")
+        state = encoder_to_hf(model.encoder.state_dict(), model.config, prefix="")
         config = {"architectures": ["BertModel"], **label_maps}
         return write_export(
             model, out_dir, state, config, tokenizer_dir, metadata, sentence_transformers_modules
@@ -427,7 +398,7 @@ class ClassifyTask(Task):
         if self.long_text == "windows":  # documents: a tab is whitespace, not a pair
             examples: list[tuple[str, str | None]] = [(t, None) for t in texts]
         else:
-            examples = [tuple(t.split("\t", 1)) if "\t" in t else (t, None) for t in texts]  # type: ignore[misc]
+            examples = [split_pair(t) for t in texts]
         rows = encode(examples)
         return [encode.collate(rows), encode.collate(rows[:1])]
 
@@ -451,8 +422,7 @@ class ClassifyPredictor(Predictor):
     def parse(self, item: Any, where: str = "input") -> tuple[str, str | None]:
         windows = self.task.long_text == "windows"
         if isinstance(item, str):
-            a, tab, b = item.partition("\t")
-            return (a, b) if tab and not windows else (item, None)
+            return (item, None) if windows else split_pair(item)
         if isinstance(item, dict) and isinstance(item.get("text"), str):
             pair = item.get("text_pair")
             if pair is not None and not isinstance(pair, str):

@@ -60,7 +60,7 @@ from torch import Tensor
 
 from bertlab.constants import IGNORE_INDEX
 from bertlab.data.ner import NerCollator, NerDataModule, build_windows, word_pieces
-from bertlab.data.tokenizer import load_tokenizer, special_token_ids
+from bertlab.data.tokenizer import special_token_ids
 from bertlab.data.words import WORD_SPLITS, split_words
 from bertlab.encoder import BertConfig, BertForTokenClassification, encoder_to_hf
 from bertlab.encoder.crf import LinearChainCRF, viterbi_decode_numpy
@@ -81,10 +81,8 @@ from bertlab.tasks.base import (
     RunContext,
     Task,
     TaskModule,
-    datamodule,
-    init_encoder,
-    model_config,
-    tokenizer_for,
+    build_finetune,
+    validation_split_summary,
     write_export,
 )
 
@@ -550,12 +548,6 @@ class NerTask(Task):
         )
 
     @property
-    def labels(self) -> list[str]:
-        if not self.settings["labels"]:
-            raise BertlabError("the NER model has no label names")
-        return list(self.settings["labels"])
-
-    @property
     def scheme(self) -> str:
         return str(self.settings["scheme"])
 
@@ -592,29 +584,13 @@ class NerTask(Task):
         return "val/f1", "max"
 
     def build(self, cfg: DictConfig, pretrained: Pretrained | None, run: RunContext) -> Job:
-        tokenizer_dir = tokenizer_for(cfg, pretrained)
-        load_tokenizer(tokenizer_dir)  # a clear error for a broken tokenizer before reading data
-        config = model_config(cfg, tokenizer_dir, pretrained)
-        data = datamodule(cfg, run.micro_batch, tokenizer_dir=str(tokenizer_dir))
-        data.prepare_data()
-        data.setup("fit")
-        self.settings.update(
-            labels=list(data.labels),
-            scheme=data.scheme,
-            max_seq_length=data.max_seq_length,
-            stride=data.stride,
+        return build_finetune(
+            self, cfg, pretrained, run, NerModule, ("labels", "scheme", "max_seq_length", "stride")
         )
-        model = self.build_model(config)
-        init_encoder(model, pretrained)
-        return Job(data, NerModule(model, self, run.optimizer), tokenizer_dir)
 
     def summary(self, job: Job) -> dict[str, Any]:
         out: dict[str, Any] = {"labels": self.labels, "head": self.head}
-        if job.datamodule.held_out_rows:  # no validation file: where the validation rows came from
-            out["validation_split"] = {
-                "size": len(job.datamodule.held_out_rows),
-                "rows": job.datamodule.held_out_rows,
-            }
+        out.update(validation_split_summary(job.datamodule))
         if job.module.last_entity_report:
             out["reports"] = {"entity_report": job.module.last_entity_report}
         return out
@@ -636,10 +612,7 @@ class NerTask(Task):
     def export_hf(
         self, model: BertForTokenClassification, tokenizer_dir: Path, out_dir: Path, metadata: dict[str, Any]
     ) -> Path:
-        encoder_state = {
-            k[len("encoder.") :]: v for k, v in model.state_dict().items() if k.startswith("encoder.")
-        }
-        state = encoder_to_hf(encoder_state, model.config, prefix="bert.")
+        state = encoder_to_hf(model.encoder.state_dict(), model.config, prefix="bert.")
         # BertForTokenClassification has no pooler.
         state = {k: v for k, v in state.items() if not k.startswith("bert.pooler.")}
         classifier = model.head.classifier

@@ -40,6 +40,7 @@ from bertlab.tasks.base import (
     datamodule,
     model_config,
     plain,
+    split_pair,
     write_export,
 )
 
@@ -188,7 +189,7 @@ class PretrainTask(Task):
         self, tokenizer: Any, texts: Sequence[str], max_seq_length: int
     ) -> list[dict[str, np.ndarray]]:
         encode = PairEncoder(tokenizer, max_seq_length)
-        rows = encode([tuple(t.split("\t", 1)) if "\t" in t else (t, None) for t in texts])
+        rows = encode([split_pair(t) for t in texts])
         return [encode.collate(rows), encode.collate(rows[:1])]
 
     # ----------------------------------------------------------------------------- prediction
@@ -209,8 +210,7 @@ class FillMaskPredictor(Predictor):
 
     def parse(self, item: Any, where: str = "input") -> tuple[str, str | None]:
         if isinstance(item, str):
-            a, tab, b = item.partition("\t")
-            return (a, b) if tab else (item, None)
+            return split_pair(item)
         if (
             isinstance(item, dict)
             and isinstance(item.get("text"), str)
