@@ -220,12 +220,22 @@ def test_atomic_directory_keeps_a_finished_copy(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["entry"]
 
 
-# Composition only reads no file: placeholders will do.
+# Composition reads no file, but the config check wants the files to exist: empty ones will do
+# (``placeholder_files``).
 TASK_DATA = {
     "pretrain": [],
     "classify": ["data=csv", "data.train_file=t.tsv", "tokenizer.path=tok"],
     "ner": ["data=conll", "data.train_file=t.txt", "data.validation_file=t.txt", "tokenizer.path=tok"],
 }
+
+
+@pytest.fixture
+def placeholder_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files TASK_DATA names, empty, in a working directory of the test's own."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("t.tsv", "t.txt"):
+        (tmp_path / name).touch()
+    (tmp_path / "tok").mkdir()
 
 
 def _check_hardware(compose_cfg, hardware: str, task: str, model: str) -> None:
@@ -241,7 +251,7 @@ def _check_hardware(compose_cfg, hardware: str, task: str, model: str) -> None:
 
 
 @pytest.mark.parametrize("hardware", ["ddp", "fsdp", "multinode"])
-def test_scale_out_hardware_composes(compose_cfg, hardware: str) -> None:
+def test_scale_out_hardware_composes(compose_cfg, placeholder_files: None, hardware: str) -> None:
     for task, model in (("pretrain", "tiny"), ("classify", "base"), ("ner", "large")):
         _check_hardware(compose_cfg, hardware, task, model)
 
@@ -256,7 +266,9 @@ def test_fsdp_on_cpu_is_refused_before_any_work(compose_cfg) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("hardware", ["ddp", "fsdp", "multinode"])
-def test_scale_out_hardware_composes_with_every_task_and_model(compose_cfg, hardware: str) -> None:
+def test_scale_out_hardware_composes_with_every_task_and_model(
+    compose_cfg, placeholder_files: None, hardware: str
+) -> None:
     for task in TASK_DATA:
         for model in ("tiny", "mini", "small", "medium", "base", "large"):
             _check_hardware(compose_cfg, hardware, task, model)
@@ -297,6 +309,7 @@ def test_two_processes_match_one(bertlab_root: Path, tmp_path: Path) -> None:
         [
             ".hydra",
             "checkpoints",
+            "config_tree.log",
             "csv",
             "resolved_config.yaml",
             "summary.json",
@@ -307,10 +320,12 @@ def test_two_processes_match_one(bertlab_root: Path, tmp_path: Path) -> None:
     assert not (bertlab_root / "logs").exists()  # the child made no run directory of its own
 
 
+@pytest.mark.slow  # the plain two-process test stays in the default suite
 def test_two_processes_match_one_with_the_crf_head(bertlab_root: Path, tmp_path: Path) -> None:
     """NER with task.head=crf (tagged sentences, some cut into windows, an orphan I- tag): 2 processes
     x micro-batch 2 == 1 process x micro-batch 2 x accumulation 2, the CRF's scores included (their
-    own optimizer group, used by every rank every step)."""
+    own optimizer group, used by every rank every step). DDP runs with its defaults: the encoder's
+    [CLS] pooler, which token classification does not use, is frozen."""
     from tests.test_exact_resume import _ner_crf_args
 
     (tmp_path / "data").mkdir()

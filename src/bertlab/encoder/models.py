@@ -135,6 +135,9 @@ class BertForTokenClassification(nn.Module):
             raise ValueError(f"the CRF has {crf.num_labels} labels, the classifier {num_labels}")
         self.config = config
         self.encoder = BertEncoder(config)
+        # Token classification never reads the [CLS] pooler (transformers' class has none). Frozen, it
+        # keeps its weights and gets no gradient, and DDP does not wait for one that never comes.
+        self.encoder.pooler.requires_grad_(False)
         self.head = TokenClassificationHead(config.hidden_size, num_labels, dropout, config.initializer_range)
         # Built after the head: a CRF starts at zero and draws nothing from the RNG, so both heads get
         # the same classifier weights at the same seed.
