@@ -91,7 +91,10 @@ def _run(args: list[str], root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["pretrain", "classify", "ner_crf"])
+# The CRF job in the slow suite (make test-slow): it resumes through the same machinery as classify.
+@pytest.fixture(
+    scope="module", params=["pretrain", "classify", pytest.param("ner_crf", marks=pytest.mark.slow)]
+)
 def job(request, tmp_path_factory) -> tuple[Path, list[str]]:
     """(root, arguments) of a task: one root (one tokenizer and data cache) for its reference
     and killed runs."""

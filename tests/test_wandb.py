@@ -70,6 +70,15 @@ def _history(records) -> list[dict[str, str]]:
     return rows
 
 
+def _logged_a_loss(runs: Path) -> bool:
+    for path in runs.glob("*/wandb/offline-run-*/run-*.wandb"):
+        try:
+            return any("train/loss" in row for row in _history(read_wandb_records(path)))
+        except Exception:  # a record half-written at this moment: look again later
+            return False
+    return False
+
+
 def test_offline_run_killed_and_resumed_keeps_its_id(tmp_path):
     env = {**os.environ, "BERTLAB_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
     env.pop("WANDB_API_KEY", None)
@@ -80,8 +89,9 @@ def test_offline_run_killed_and_resumed_keeps_its_id(tmp_path):
     try:
         while time.time() < deadline:
             last = list(runs.glob("*/checkpoints/last.ckpt")) if runs.exists() else []
-            if last and last[0].stat().st_size > 0:
-                time.sleep(1.0)
+            # W&B writes its file in the background: kill only once it holds a training loss, or a
+            # loaded machine kills the run before anything reached the file.
+            if last and last[0].stat().st_size > 0 and _logged_a_loss(runs):
                 break
             if proc.poll() is not None:
                 pytest.fail("the run ended before it could be killed")

@@ -12,6 +12,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+import pytest
+
 from bertlab.data.tokenizer import train_wordpiece
 from tests.conftest import REPO
 
@@ -24,6 +26,7 @@ def _run(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.Com
     return res
 
 
+@pytest.mark.slow  # builds a wheel and a virtual environment: minutes (make test-slow)
 def test_wheel_installed_elsewhere_trains_predicts_and_exports_with_a_user_config_dir(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     _run(
