@@ -19,7 +19,8 @@ import torch
 from bertlab.cli.export import main as export_main
 from bertlab.data.tokenizer import load_tokenizer
 from bertlab.errors import BertlabError
-from bertlab.export import fused, pt2
+from bertlab.export import fused
+from bertlab.export import onnx as onnx_export
 from bertlab.export.files import INFO_FILE, INT8_FILE, ONNX_FILE, PT2_FILE, PT2_INFO_FILE
 from bertlab.export.onnx import CHECK_TEXTS
 from bertlab.inference import OnnxBackend
@@ -178,8 +179,8 @@ def test_torch_export_writes_nothing_on_failure(tok_dir: Path, tmp_path: Path, m
     out = tmp_path / "export"
     _export(TASKS["classify"](), tok_dir, out, seed=3)
     before = _files(out)
-    real = pt2._torch_outputs
-    monkeypatch.setattr(pt2, "_torch_outputs", lambda g, b: [x + 1e-3 for x in real(g, b)])
+    real = onnx_export._torch_outputs  # the eager side of every export's check (compare_outputs)
+    monkeypatch.setattr(onnx_export, "_torch_outputs", lambda g, b: [x + 1e-3 for x in real(g, b)])
     with pytest.raises(BertlabError, match=r"torch.export check failed .* nothing written"):
         export_pt2_beside(out, max_seq_length=32)
     assert _files(out) == before  # no model.pt2, no pt2.json, no temporary file
