@@ -191,6 +191,7 @@ def _check_on_rank(rank: int, world: int, port: int, out: str) -> None:
     Path(out, f"rank{rank}.json").write_text(json.dumps(results))
 
 
+@pytest.mark.slow  # two processes that build their data: half a minute (make test-slow)
 def test_ranks_that_built_different_data_stop_with_a_clear_error(tmp_path: Path) -> None:
     # Nodes with their own caches can train different WordPiece vocabularies (not reproducible
     # upstream); every rank must find out, not train one model on two sets of ids.

@@ -277,7 +277,11 @@ EXPERIMENT_DATA = {
 }
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+# BERT-base's recipe builds a 110M-parameter model: the slow suite (make test-slow).
+@pytest.mark.parametrize(
+    "experiment",
+    [pytest.param(e, marks=pytest.mark.slow) if e == "bert_base_pretrain" else e for e in EXPERIMENTS],
+)
 def test_every_experiment_runs_fast_dev_run(compose_cfg, experiment, tmp_path):
     from tests.conftest import SHARED_DATA
 

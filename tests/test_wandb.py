@@ -79,6 +79,7 @@ def _logged_a_loss(runs: Path) -> bool:
     return False
 
 
+@pytest.mark.slow  # a run killed and resumed in subprocesses: over a minute (make test-slow)
 def test_offline_run_killed_and_resumed_keeps_its_id(tmp_path):
     env = {**os.environ, "BERTLAB_ROOT": str(tmp_path), "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
     env.pop("WANDB_API_KEY", None)
