@@ -692,10 +692,11 @@ def bertlab_command(args: argparse.Namespace, spec: dict[str, Any], timer_path: 
         "logger=csv",
         f"seed={args.seed}",
         # The settings of the comparison, whatever the recipe's own choices (transformers' heads pool
-        # with the [CLS] pooler, and both sides use the spec's learning rate and batch size).
+        # with the [CLS] pooler and tag by a per-token softmax, and both sides use the spec's learning
+        # rate and batch size).
         f"optimizer.lr={spec['lr']}",
         f"data.batch_size={spec['batch_size']}",
-        *(["task.pooling=cls"] if spec["kind"] == "classify" else []),
+        *(["task.pooling=cls"] if spec["kind"] == "classify" else ["task.head=softmax"]),
         "+callbacks.fit_timer._target_=compare_finetune.FitTimer",
         f"+callbacks.fit_timer.path={timer_path}",
     ]
