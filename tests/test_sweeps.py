@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import run_cli
@@ -64,6 +65,7 @@ def test_failed_job_is_recorded_and_sweep_goes_on(tmp_path):
     assert rows["1"]["status"] == "failed" and "max_seq_length=1024" in rows["1"]["error"]
 
 
+@pytest.mark.slow  # an Optuna study of several jobs (make test-slow); the grid sweep stays in the default suite
 def test_optuna_search_reports_best_value(tmp_path):
     res = run_cli(["hparams_search=pretrain_optuna", "hydra.sweeper.n_trials=3", *SMALL], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
