@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchenv import cpu_model
+from benchenv import cpu_model, replace_section
 from bertlab.data.tokenizer import load_tokenizer
 from bertlab.errors import BertlabError
 from bertlab.export.files import INT8_FILE, ONNX_FILE, read_info
@@ -548,13 +548,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"transformers {v['transformers']}; date {report['date_utc']} UTC.",
         "- Raw figures (every pass's time, the export checks, op counts): `docs/predict_bench.json`.",
     ])  # fmt: skip
-    doc = path.read_text(encoding="utf-8")
-    if doc.count(BEGIN) != 1 or doc.count(END) != 1 or doc.index(BEGIN) > doc.index(END):
-        raise BertlabError(f"{path}: expected one {BEGIN} ... {END} pair")
-    head, rest = doc.split(BEGIN)
-    _, tail = rest.split(END)
-    out = f"{head}{BEGIN}\n{text}\n{END}{tail}"
-    atomic_write(path, lambda f: f.write(out.encode("utf-8")))
+    replace_section(path, BEGIN, END, text)
 
 
 if __name__ == "__main__":

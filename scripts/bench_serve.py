@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 import psutil
 
-from benchenv import cpu_model
+from benchenv import cpu_model, replace_section
 from bertlab.errors import BertlabError
 from bertlab.io import atomic_write
 
@@ -343,13 +343,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"{v['onnxruntime']}; date {report['date_utc']} UTC.",
         "- Raw figures (every RSS sample, the server commands): `docs/serve_bench.json`.",
     ])  # fmt: skip
-    doc = path.read_text(encoding="utf-8")
-    if doc.count(BEGIN) != 1 or doc.count(END) != 1 or doc.index(BEGIN) > doc.index(END):
-        raise BertlabError(f"{path}: expected one {BEGIN} ... {END} pair")
-    head, rest = doc.split(BEGIN)
-    _, tail = rest.split(END)
-    out = f"{head}{BEGIN}\n{text}\n{END}{tail}"
-    atomic_write(path, lambda f: f.write(out.encode("utf-8")))
+    replace_section(path, BEGIN, END, text)
 
 
 if __name__ == "__main__":
