@@ -86,10 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     hidden, inter = args.hidden, args.intermediate
     if args.model:
-        from bertlab.runs import export_dir, is_run_dir
+        from bertlab.runs import export_of
 
-        source = export_dir(Path(args.model)) if is_run_dir(Path(args.model)) else Path(args.model)
-        config = json.loads((source / "config.json").read_text())
+        source = export_of(args.model)
+        if source is None or not (source / "config.json").is_file():
+            raise SystemExit(f"{args.model}: no run directory with an export/, nor an export directory")
+        config = json.loads(source.joinpath("config.json").read_text())
         hidden, inter = config["hidden_size"], config["intermediate_size"]
     # (in, out) of each product in one layer, and how many of it the layer has
     shapes = {

@@ -54,8 +54,7 @@ from bertlab.export.fused import op_counts
 from bertlab.export.onnx import INPUT_NAMES, make_session, run_session
 from bertlab.inference import TorchBackend
 from bertlab.io import atomic_write
-from bertlab.runs import export_dir as run_export_dir
-from bertlab.runs import is_run_dir
+from bertlab.runs import export_of
 from bertlab.tasks.base import export_onnx_beside, load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -315,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     model_path = Path(args.model)
-    source = run_export_dir(model_path) if is_run_dir(model_path) else model_path
+    source = export_of(model_path)
     if source is None or not (source / "config.json").is_file():
         raise BertlabError(f"{model_path}: no run directory with an export/, nor an export directory")
     texts, gold = read_tsv(Path(args.data), args.text_column, args.label_column)

@@ -55,7 +55,9 @@ def main() -> None:
     p.add_argument("table", type=Path, help="a TSV with a header")
     p.add_argument("--text-column", default="sentence")
     args = p.parse_args()
-    export = runs.export_dir(args.run) or args.run
+    export = runs.export_of(args.run)
+    if export is None:
+        raise SystemExit(f"{args.run}: the run has no export/")
     with args.table.open(encoding="utf-8-sig", newline="") as f:
         texts = [row[args.text_column] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
     predictor = load_predictor(export)

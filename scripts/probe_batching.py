@@ -21,7 +21,7 @@ from typing import Any
 
 from bench_predict import read_tsv
 from bertlab.inference import OnnxBackend
-from bertlab.runs import export_dir, is_run_dir
+from bertlab.runs import export_of
 from bertlab.tasks.base import load_predictor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    source = export_dir(args.model) if is_run_dir(args.model) else Path(args.model)
+    source = export_of(args.model)
     texts, _ = read_tsv(Path(args.data), "sentence", "label")
     rng = random.Random(0)
     groups = [rng.sample(texts, 16) for _ in range(args.groups)]

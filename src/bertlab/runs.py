@@ -27,6 +27,7 @@ __all__ = [
     "SUMMARY_FILE",
     "best_checkpoint",
     "export_dir",
+    "export_of",
     "is_run_dir",
     "read_summary",
     "tokenizer_dir",
@@ -61,6 +62,12 @@ def export_dir(run_dir: str | Path) -> Path | None:
     """The run's HF export, when it has one."""
     path = Path(run_dir) / EXPORT_DIR
     return path if (path / "config.json").is_file() else None
+
+
+def export_of(path: str | Path) -> Path | None:
+    """The export directory that ``path`` names: a run directory's ``export/`` (``None`` when the run
+    has none), or ``path`` itself, taken to be an export directory (the caller checks it is one)."""
+    return export_dir(path) if is_run_dir(path) else Path(path)
 
 
 def best_checkpoint(run_dir: str | Path) -> Path | None:

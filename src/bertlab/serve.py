@@ -74,7 +74,7 @@ def resolve(model: str | Path, backend: str, onnx_file: str | None) -> tuple[Pat
     path = Path(model).expanduser()
     if not path.exists():
         raise BertlabError(f"no run directory or export directory at {path}")
-    export_dir = runs.export_dir(path) if runs.is_run_dir(path) else path
+    export_dir = runs.export_of(path)
     if export_dir is None or not (export_dir / "config.json").is_file():
         raise BertlabError(
             f"{path}: not a run directory with an export/ (summary.json) nor an HF export directory "

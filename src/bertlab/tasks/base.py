@@ -502,7 +502,7 @@ def _export_inputs(
     """What every checked export of a run or export directory needs: (export dir, task, model, what
     was read, the check batches the task encodes from ``check_texts``, metadata for the info json)."""
     path = Path(path).expanduser()
-    export_dir = runs.export_dir(path) if runs.is_run_dir(path) else path
+    export_dir = runs.export_of(path)
     if export_dir is None:
         raise BertlabError(f"{path}: the run has no export/ (it was trained with export=false?)")
     if not (export_dir / "config.json").is_file():
