@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchenv import cpu_model
+from benchenv import cpu_flags, cpu_model, rotated
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,13 +59,25 @@ def median_seconds(sides: dict[str, Callable[[], Any]], rounds: int) -> dict[str
     """Every side once per round, in a rotated order, after a warm-up call; the median per side."""
     for fn in sides.values():
         fn()
-    names, times = list(sides), {name: [] for name in sides}
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in rotated(list(sides), r):
             started = time.perf_counter()
             sides[name]()
             times[name].append(time.perf_counter() - started)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def result_row(product: str, rows: int, secs: dict[str, float], **extra: Any) -> dict[str, Any]:
+    """One line of the table: milliseconds per side and int8's speed-up over each fp32 side."""
+    return {
+        "product": product,
+        **extra,
+        "rows": rows,
+        **{f"{side}_ms": round(s * 1e3, 3) for side, s in secs.items()},
+        "int8_x_torch": round(secs["torch"] / secs["ort_int8"], 2),
+        "int8_x_ort_fp32": round(secs["ort_fp32"] / secs["ort_int8"], 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,12 +105,12 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"{args.model}: no run directory with an export/, nor an export directory")
         config = json.loads(source.joinpath("config.json").read_text())
         hidden, inter = config["hidden_size"], config["intermediate_size"]
-    # (in, out) of each product in one layer, and how many of it the layer has
+    # (in, out) of each of a layer's four products
     shapes = {
-        "QKV (fused)": ((hidden, 3 * hidden), 1),
-        "attention output": ((hidden, hidden), 1),
-        "feed-forward up": ((hidden, inter), 1),
-        "feed-forward down": ((inter, hidden), 1),
+        "QKV (fused)": (hidden, 3 * hidden),
+        "attention output": (hidden, hidden),
+        "feed-forward up": (hidden, inter),
+        "feed-forward down": (inter, hidden),
     }
     torch.set_num_threads(1)
     options = ort.SessionOptions()
@@ -107,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     rows_out: list[dict[str, Any]] = []
     layer = {rows: {"torch": 0.0, "ort_fp32": 0.0, "ort_int8": 0.0} for rows in args.rows}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, ((k, n), count) in shapes.items():
+        for name, (k, n) in shapes.items():
             fp32, int8 = Path(tmp) / f"{k}x{n}.onnx", Path(tmp) / f"{k}x{n}.int8.onnx"
             matmul_graph(k, n, fp32, rng)
             quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True)
@@ -127,34 +139,11 @@ def main(argv: list[str] | None = None) -> None:
                         args.rounds,
                     )
                 for side, s in secs.items():
-                    layer[rows][side] += s * count
-                row = {
-                    "product": name,
-                    "shape": [k, n],
-                    "rows": rows,
-                    **{f"{s}_ms": round(v * 1e3, 3) for s, v in secs.items()},
-                }
-                row["int8_x_torch"] = round(secs["torch"] / secs["ort_int8"], 2)
-                row["int8_x_ort_fp32"] = round(secs["ort_fp32"] / secs["ort_int8"], 2)
-                rows_out.append(row)
-                print(json.dumps(row), file=sys.stderr)
-    for rows, secs in layer.items():
-        row = {
-            "product": "layer (all four)",
-            "rows": rows,
-            **{f"{s}_ms": round(v * 1e3, 3) for s, v in secs.items()},
-        }
-        row["int8_x_torch"] = round(secs["torch"] / secs["ort_int8"], 2)
-        row["int8_x_ort_fp32"] = round(secs["ort_fp32"] / secs["ort_int8"], 2)
-        rows_out.append(row)
-    flags = ""
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = " ".join(
-                    f for f in line.split(":", 1)[1].split() if "avx" in f or "vnni" in f or "amx" in f
-                )
-                break
+                    layer[rows][side] += s
+                rows_out.append(result_row(name, rows, secs, shape=[k, n]))
+                print(json.dumps(rows_out[-1]), file=sys.stderr)
+    rows_out += [result_row("layer (all four)", rows, secs) for rows, secs in layer.items()]
+    flags = cpu_flags("avx", "vnni", "amx")
     report = {
         "cpu": cpu_model(),
         "cpu_flags": flags,

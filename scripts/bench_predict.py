@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchenv import cpu_model, replace_section
+from benchenv import cpu_model, read_tsv, replace_section, rotated
 from bertlab.data.tokenizer import load_tokenizer
 from bertlab.errors import BertlabError
 from bertlab.export.files import INT8_FILE, ONNX_FILE, read_info
@@ -60,23 +60,6 @@ from bertlab.tasks.base import export_onnx_beside, load_model
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- predict:begin -->", "<!-- predict:end -->"
 HF_FILES_SKIP = ("model.onnx", "model.int8.onnx", "onnx.json", "model.pt2", "pt2.json")
-
-
-def read_tsv(path: Path, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
-    """GLUE-style TSV (quoting none): texts and labels."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    header = lines[0].split("\t")
-    if text_column not in header or label_column not in header:
-        raise BertlabError(f"{path}:1: columns {header}, need {text_column!r} and {label_column!r}")
-    ti, li = header.index(text_column), header.index(label_column)
-    texts, labels = [], []
-    for n, line in enumerate(lines[1:], start=2):
-        fields = line.split("\t")
-        if len(fields) != len(header):
-            raise BertlabError(f"{path}:{n}: {len(fields)} fields, the header has {len(header)}")
-        texts.append(fields[ti])
-        labels.append(fields[li].strip())
-    return texts, labels
 
 
 def training_of(run: Path) -> dict[str, Any] | None:
@@ -260,7 +243,7 @@ def measure(
     labels: dict[str, list[str]] = {}
     names = list(sides)
     for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in rotated(names, r):
             s, got = time_pass(predictors[name], texts)
             seconds[name].append(s)
             labels.setdefault(name, got)

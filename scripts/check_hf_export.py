@@ -12,13 +12,13 @@ the script prints the largest difference of the label probabilities and how many
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchenv import read_tsv
 from bertlab import runs
 from bertlab.tasks.base import load_predictor
 
@@ -58,8 +58,7 @@ def main() -> None:
     export = runs.export_of(args.run)
     if export is None:
         raise SystemExit(f"{args.run}: the run has no export/")
-    with args.table.open(encoding="utf-8-sig", newline="") as f:
-        texts = [row[args.text_column] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    texts, _ = read_tsv(args.table, args.text_column, None)
     predictor = load_predictor(export)
     labels = predictor.task.labels
     ours = predictor.predict([(t, None) for t in texts])

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_predict import read_tsv
+from benchenv import read_tsv, rotated
 from bertlab.inference import OnnxBackend
 from bertlab.runs import export_of
 from bertlab.tasks.base import load_predictor
@@ -77,7 +77,7 @@ def main() -> None:
         rate(predictor, groups[:1], single)  # warm-up
     names = list(settings)
     for r in range(args.rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+        for name in rotated(names, r):
             predictor, single = settings[name]
             rates[name].append(rate(predictor, groups, single))
     for name, values in rates.items():

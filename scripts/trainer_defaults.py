@@ -14,7 +14,6 @@ accuracy and the wall time.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import tempfile
 import time
@@ -23,11 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def read_tsv(path: Path, text: str, label: str) -> tuple[list[str], list[int]]:
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    return [r[text] for r in rows], [int(r[label]) for r in rows]
+from benchenv import read_tsv
 
 
 def main() -> None:
@@ -60,7 +55,7 @@ def main() -> None:
     def dataset(path: Path) -> Dataset:
         texts, labels = read_tsv(path, args.text_column, args.label_column)
         enc = tokenizer(texts, truncation=True, max_length=args.max_length)
-        return Dataset.from_dict({**enc, "labels": labels})
+        return Dataset.from_dict({**enc, "labels": [int(x) for x in labels]})
 
     train, dev = dataset(args.train), dataset(args.dev)
     model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=2)
